@@ -1,0 +1,79 @@
+"""The audit manifest schema: one row per input record per run (docs/audit.md).
+
+Invariants: ``count(rows of a run) == count(inputs listed for that run)``; no embedding,
+latent, noise, seed or subject name is ever a column; error messages name the file by
+its input URI (the audit is the data owner's record, not part of the release).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+STATUSES = ("released", "quarantined", "dropped", "failed", "budget_exhausted", "skipped")
+
+BOX = pa.list_(pa.int32(), 4)
+
+FACE = pa.struct(
+    [
+        ("box", BOX),                       # x0, y0, x1, y1 in input pixels (after EXIF rotation)
+        ("det_score", pa.float32()),
+        ("id_distance", pa.float32()),      # null when checks are off
+        ("still_detected", pa.bool_()),     # null when checks or re-detection are off
+        ("passed", pa.bool_()),             # id_distance >= checks.min_identity_distance
+        ("epsilon", pa.float64()),          # DP methods only
+        ("delta", pa.float64()),
+        ("mechanism", pa.string()),
+        ("sensitivity", pa.float64()),
+        ("noise_scale", pa.float64()),
+        ("subject_spent_after", pa.float64()),
+    ]
+)
+
+TIMINGS = pa.struct(
+    [
+        ("read_ms", pa.float32()),
+        ("decode_ms", pa.float32()),
+        ("detect_ms", pa.float32()),
+        ("anonymize_ms", pa.float32()),
+        ("check_ms", pa.float32()),
+        ("write_ms", pa.float32()),
+    ]
+)
+
+FINGERPRINT = pa.struct([("name", pa.string()), ("sha256", pa.string())])
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("record_id", pa.string()),
+        ("input_uri", pa.string()),
+        ("input_sha256", pa.string()),
+        ("status", pa.string()),
+        ("error_code", pa.string()),
+        ("error", pa.string()),
+        ("output_uri", pa.string()),
+        ("output_sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("source_format", pa.string()),
+        ("frames", pa.int32()),
+        ("n_faces", pa.int32()),
+        ("faces", pa.list_(FACE)),
+        ("method", pa.string()),
+        ("params_json", pa.string()),
+        ("dp_scope", pa.string()),
+        ("min_id_distance", pa.float32()),
+        ("timings", TIMINGS),
+        ("processed_at", pa.timestamp("ms", tz="UTC")),
+        ("tool_version", pa.string()),
+        ("config_sha256", pa.string()),
+        ("naming_key_id", pa.string()),
+        ("model_fingerprints", pa.list_(FINGERPRINT)),
+    ]
+)
+
+AUDIT_COLUMNS = tuple(AUDIT_SCHEMA.names)
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)

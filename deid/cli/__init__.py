@@ -1,0 +1,1 @@
+"""typer app; thin: parses, calls pipeline/evaluate, prints."""

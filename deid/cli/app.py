@@ -1,0 +1,79 @@
+"""``deid`` command line: ``deid run MANIFEST``, ``deid validate MANIFEST``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from deid import __version__
+from deid.config import ManifestError, load_manifest
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="De-identify face image datasets, with an audit row for every record.")
+
+
+def _load(manifest: Path):
+    try:
+        return load_manifest(manifest)
+    except ManifestError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(manifest: Path = typer.Argument(..., help="job manifest (YAML)")) -> None:
+    """Check a manifest: print every error with its field path; exit 2 if any."""
+    m = _load(manifest)
+    typer.echo(f"{manifest}: ok (method={m.anonymize.method}, detector={m.detect.backend}, "
+               f"output={m.output.uri}, audit={m.audit_uri}, quarantine={m.quarantine_uri})")
+
+
+@app.command()
+def run(
+    manifest: Path = typer.Argument(..., help="job manifest (YAML)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+    inline: bool = typer.Option(False, "--inline", help="run in this process without Ray (debugging)"),
+    json_summary: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Run a job: anonymize every input, write outputs and the audit manifest."""
+    from deid.io.listing import ListingError
+    from deid.pipeline import run_job
+
+    m = _load(manifest)
+    try:
+        result = run_job(m, engine="inline" if inline else "ray", progress=False if no_progress else None)
+    except ListingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    s = result.summary
+    if json_summary:
+        typer.echo(json.dumps(s, indent=2, sort_keys=True))
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items() if v) or "no inputs"
+    d = s["id_distance"]
+    dist = f"min {d['min']:.3f}, median {d['median']:.3f}" if d["n"] else "n/a"
+    typer.echo(
+        f"\nrun {s['run_id']}: {s['inputs']} records in {s['wall_seconds']:.1f} s ({s['records_per_second']} rec/s)\n"
+        f"  status       {counts}\n"
+        f"  faces        {s['faces']}   identity distance {dist}\n"
+        f"  released     {s['output_uri']}\n"
+        f"  quarantine   {s['quarantine_uri']}\n"
+        f"  audit        {s['audit_records_uri']}  (pandas.read_parquet)\n"
+        f"  summary      {s['audit_uri'].rstrip('/')}/summary.json"
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the deid version."""
+    typer.echo(__version__)
+
+
+def main() -> None:  # console script entry point
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

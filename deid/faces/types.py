@@ -1,0 +1,56 @@
+"""What a detector returns: plain data, no model objects, safe to ship between processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Face:
+    """One detected face in image pixel coordinates.
+
+    ``box`` is ``(x0, y0, x1, y1)`` with x1/y1 exclusive, clipped to the image.
+    ``landmarks5`` are five points used for alignment, in the layout of the backend
+    (``landmark_layout``): dlib's (two corners per eye, nose base) or insightface's
+    (eye centres, nose tip, mouth corners). ``landmarks68`` is filled when asked for.
+    """
+
+    box: tuple[int, int, int, int]
+    score: float
+    landmarks5: np.ndarray
+    landmark_layout: str = "dlib5"
+    landmarks68: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+    @property
+    def size(self) -> float:
+        """Geometric mean of box width and height: the scale the anonymizers work at."""
+        return float(np.sqrt(max(self.width, 1) * max(self.height, 1)))
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    if inter == 0:
+        return 0.0
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area if area > 0 else 0.0
+
+
+def clip_box(x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> tuple[int, int, int, int]:
+    return (
+        int(max(0, min(w, round(x0)))),
+        int(max(0, min(h, round(y0)))),
+        int(max(0, min(w, round(x1)))),
+        int(max(0, min(h, round(y1)))),
+    )

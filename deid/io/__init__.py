@@ -1,0 +1,1 @@
+"""fsspec listing, safe decode, atomic writes, metadata stripping, output naming."""

@@ -1,0 +1,32 @@
+"""Fingerprints (sha256) of every model file a run uses, for the audit."""
+
+from __future__ import annotations
+
+import os
+
+import dlib
+
+from deid.config.schema import Manifest
+from deid.faces.models import dlib_model_path, file_sha256
+
+
+def model_fingerprints(manifest: Manifest) -> list[dict]:
+    out: list[dict] = []
+    det = manifest.detect
+    if det.backend == "dlib-hog":
+        # HOG weights are compiled into dlib: the version identifies them.
+        out.append({"name": "dlib-hog", "sha256": f"builtin:dlib-{dlib.__version__}"})
+    elif det.backend == "dlib-cnn":
+        out.append({"name": "dlib-mmod", "sha256": file_sha256(det.model_path or dlib_model_path("dlib-mmod"))})
+    elif det.backend == "insightface":
+        from deid.faces.insightface_backend import model_files
+
+        for path in model_files(det.model_dir):
+            out.append({"name": f"insightface:{os.path.basename(path)}", "sha256": file_sha256(path)})
+    if det.backend != "insightface" or manifest.checks.enabled:
+        out.append({"name": "dlib-shape5", "sha256": file_sha256(dlib_model_path("dlib-shape5"))})
+    if det.landmarks == 68 and det.backend != "insightface":
+        out.append({"name": "dlib-shape68", "sha256": file_sha256(dlib_model_path("dlib-shape68"))})
+    if manifest.checks.enabled:
+        out.append({"name": "dlib-resnet128", "sha256": file_sha256(dlib_model_path("dlib-resnet128"))})
+    return out

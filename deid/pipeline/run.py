@@ -1,0 +1,217 @@
+"""The driver: discover, plan, run the Ray Data plan, commit the audit, summarise.
+
+Contract:
+* every listed input gets exactly one audit row in this run (a record that no actor
+  answered for becomes a ``failed`` row with ``error_code = lost``);
+* results are matched to inputs by ``record_id``, never by order;
+* the audit is written in parts while the run goes; the summary is written last.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from deid import __version__
+from deid.audit.schema import AUDIT_SCHEMA, STATUSES
+from deid.audit.writer import AuditWriter
+from deid.config.schema import Manifest
+from deid.io.listing import discover, load_subjects
+from deid.io.write import key_id, naming_key, output_stem
+from deid.pipeline.fingerprints import model_fingerprints
+from deid.pipeline.stages import ProcessRecords, RunContext
+
+log = logging.getLogger("deid")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    summary: dict
+    audit_uri: str
+    records_uri: str
+    counts: dict = field(default_factory=dict)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def plan_records(manifest: Manifest) -> tuple[pa.Table, bytes]:
+    """Listing plus the output stem of each record (names are computed here, on the
+    driver, so the naming secret never travels to workers)."""
+    subjects = load_subjects(manifest.input.subjects, manifest.input.storage_options) if manifest.input.subjects else None
+    listing = discover(manifest, subjects)
+    key = naming_key(manifest.output.naming_key_env, manifest.output.naming_key_file)
+    stems = [output_stem(p, manifest.output.naming, key) for p in listing.column("rel_path").to_pylist()]
+    return listing.append_column("output_stem", pa.array(stems, pa.string())), key
+
+
+# ------------------------------------------------------------------------------ Ray
+def _init_ray(manifest: Manifest):
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded, loopback-only Ray
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    if ray.is_initialized():
+        return ray
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
+                  ignore_reinit_error=True)
+    if manifest.run.ray_address:
+        ray.init(address=manifest.run.ray_address, **kwargs)
+    else:
+        kwargs["num_cpus"] = manifest.run.cpus or os.cpu_count() or 1
+        if manifest.run.object_store_memory:
+            kwargs["object_store_memory"] = manifest.run.object_store_memory
+        ray.init(**kwargs)
+    return ray
+
+
+def _pool_size(manifest: Manifest, ray) -> int:
+    if manifest.run.actors:
+        return manifest.run.actors
+    res = ray.cluster_resources()
+    if manifest.run.gpus_per_actor > 0:
+        return max(1, int(res.get("GPU", 0) / manifest.run.gpus_per_actor))
+    return max(1, int(res.get("CPU", 1)))
+
+
+def _ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext):
+    """Yield audit tables from the Ray Data plan as actors finish batches."""
+    ray = _init_ray(manifest)
+    import ray.data
+    from ray.data import ActorPoolStrategy, DataContext
+
+    for name in ("ray.data", "ray.data._internal"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    dctx = DataContext.get_current()
+    dctx.enable_progress_bars = False
+    dctx.print_on_execution_start = False
+
+    actors = _pool_size(manifest, ray)
+    bs = manifest.run.batch_size
+    n = plan.num_rows
+    # Blocks are the unit an actor takes: several per actor keep the pool balanced, and
+    # no more than ~20k blocks keep the driver light on millions of records.
+    rows_per_block = max(1, min(bs, math.ceil(n / (actors * 4))), math.ceil(n / 20_000))
+    blocks = [plan.slice(i, rows_per_block) for i in range(0, n, rows_per_block)]
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        ProcessRecords,
+        fn_constructor_kwargs={"manifest": manifest.model_dump(mode="json"), "ctx": ctx.__dict__},
+        batch_size=bs,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=actors),
+        num_cpus=1,
+        num_gpus=manifest.run.gpus_per_actor or None,
+    )
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        yield batch
+
+
+def _inline_results(manifest: Manifest, plan: pa.Table, ctx: RunContext):
+    """The same stage, in this process, without Ray (benchmark baseline, debugging)."""
+    stage = ProcessRecords(manifest.model_dump(mode="json"), ctx.__dict__)
+    bs = manifest.run.batch_size
+    for i in range(0, plan.num_rows, bs):
+        yield stage(plan.slice(i, bs))
+
+
+# ------------------------------------------------------------------------------ run
+def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = None,
+            on_batch: Callable[[pa.Table], None] | None = None) -> RunResult:
+    t0 = time.perf_counter()
+    run_id = new_run_id()
+    plan, key = plan_records(manifest)
+    ctx = RunContext(run_id=run_id, config_sha256=manifest.config_sha256(), naming_key_id=key_id(key),
+                     model_fingerprints=model_fingerprints(manifest))
+    writer = AuditWriter(manifest.audit_uri, run_id, manifest.audit.storage_options)
+    expected = set(plan.column("record_id").to_pylist())
+    seen: set[str] = set()
+    counts: Counter = Counter()
+    n_faces = 0
+    distances: list[float] = []
+
+    show = manifest.run.progress if progress is None else progress
+    from tqdm import tqdm
+
+    bar = tqdm(total=plan.num_rows, unit="rec", disable=not show, dynamic_ncols=True, desc="deid")
+    results = (_ray_results if engine == "ray" else _inline_results)(manifest, plan, ctx) if plan.num_rows else iter(())
+    for table in results:
+        ids = table.column("record_id").to_pylist()
+        keep = [i for i, r in enumerate(ids) if r in expected and r not in seen]
+        if len(keep) != len(ids):  # duplicates from a retried task: first answer wins
+            table = table.take(pa.array(keep, pa.int64()))
+            ids = [ids[i] for i in keep]
+        seen.update(ids)
+        writer.add(table)
+        counts.update(table.column("status").to_pylist())
+        n_faces += int(pc.sum(table.column("n_faces")).as_py() or 0)
+        flat = pc.list_flatten(table.column("faces"))
+        distances += [d for d in pc.struct_field(flat, "id_distance").to_pylist() if d is not None]
+        if on_batch:
+            on_batch(table)
+        bar.update(table.num_rows)
+        bar.set_postfix({k: counts[k] for k in STATUSES if counts[k]}, refresh=False)
+    bar.close()
+
+    missing = expected - seen
+    if missing:
+        lost = plan.filter(pc.is_in(plan.column("record_id"), pa.array(sorted(missing))))
+        rows = [_lost_row(r, u, ctx, manifest) for r, u in zip(lost.column("record_id").to_pylist(), lost.column("uri").to_pylist())]
+        writer.add(pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA))
+        counts.update(["failed"] * len(rows))
+    writer.flush()
+
+    wall = time.perf_counter() - t0
+    summary = {
+        "run_id": run_id,
+        "tool_version": __version__,
+        "config_sha256": ctx.config_sha256,
+        "inputs": plan.num_rows,
+        "audit_rows": writer.rows_written,
+        "counts": {k: counts.get(k, 0) for k in STATUSES},
+        "faces": n_faces,
+        "id_distance": {
+            "min": min(distances) if distances else None,
+            "median": statistics.median(distances) if distances else None,
+            "n": len(distances),
+        },
+        "wall_seconds": round(wall, 3),
+        "records_per_second": round(plan.num_rows / wall, 3) if wall > 0 else None,
+        "engine": engine,
+        "output_uri": manifest.output.uri,
+        "quarantine_uri": manifest.quarantine_uri,
+        "audit_uri": manifest.audit_uri,
+        "audit_records_uri": writer.records_uri,
+        "method": manifest.anonymize.method,
+    }
+    writer.write_summary(summary)
+    return RunResult(run_id=run_id, summary=summary, audit_uri=manifest.audit_uri, records_uri=writer.records_uri,
+                     counts=dict(counts))
+
+
+def _lost_row(record_id: str, uri: str, ctx: RunContext, manifest: Manifest) -> dict:
+    import datetime as _dt
+    import json
+
+    row = {name: None for name in AUDIT_SCHEMA.names}
+    row.update(
+        run_id=ctx.run_id, record_id=record_id, input_uri=uri, status="failed", error_code="lost",
+        error=f"{uri}: no worker returned a result for this record (worker crash?)",
+        method=manifest.anonymize.method, params_json=json.dumps(manifest.anonymize.params, sort_keys=True),
+        processed_at=_dt.datetime.now(_dt.timezone.utc), tool_version=__version__,
+        config_sha256=ctx.config_sha256, naming_key_id=ctx.naming_key_id, model_fingerprints=ctx.model_fingerprints,
+    )
+    return row
