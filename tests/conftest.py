@@ -1,0 +1,58 @@
+"""Shared fixtures: the bundled sample photos (real faces), manifests, and a local Ray."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "manifests" / "samples"
+LFW = SAMPLES / "lfw"
+GROUP = SAMPLES / "group"
+VOC = GROUP / "voc"
+
+# Tests must never touch the user's real naming key.
+os.environ.setdefault("DEID_NAMING_KEY", "test-naming-key-not-secret")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def lfw_images() -> list[Path]:
+    return sorted(LFW.glob("*/*.jpg"))
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A small input folder: 4 LFW faces in a sub-folder and 2 group photos."""
+    src = tmp_path / "in"
+    (src / "people").mkdir(parents=True)
+    for p in lfw_images()[:4]:
+        shutil.copy(p, src / "people" / p.name)
+    for name in ("kit_with_rose.jpg", "two_people.jpg"):
+        shutil.copy(GROUP / name, src / name)
+    return src
+
+
+def base_manifest(inp: Path, tmp_path: Path, **sections) -> dict:
+    m = {
+        "input": {"uri": str(inp)},
+        "output": {"uri": str(tmp_path / "release"), "quarantine_uri": str(tmp_path / "quarantine")},
+        "audit": {"uri": str(tmp_path / "audit")},
+        "run": {"batch_size": 2, "progress": False},
+    }
+    for k, v in sections.items():
+        m.setdefault(k, {}).update(v)
+    return m
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the whole session (start-up costs ~6 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()

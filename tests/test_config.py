@@ -1,0 +1,111 @@
+"""Manifest validation: unknown keys, per-method params, URIs, paths, and `deid validate`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deid.config import ManifestError, load_manifest, manifest_from_dict
+
+MINIMAL = {"input": {"uri": "/data/in"}, "output": {"uri": "/data/out"}}
+
+
+def _errors(data) -> dict[str, str]:
+    with pytest.raises(ManifestError) as exc:
+        manifest_from_dict(data)
+    return dict(exc.value.errors)
+
+
+def test_defaults_and_derived_locations():
+    m = manifest_from_dict(dict(MINIMAL))
+    assert m.output.naming == "hash"
+    assert m.detect.backend == "dlib-hog"
+    assert m.anonymize.method == "blur" and m.anonymize.params["strength"] > 0
+    assert m.checks.min_identity_distance == 0.6
+    assert m.audit_uri == "/data/out/_audit"
+    # quarantine is a sibling of the release, never inside it
+    assert m.quarantine_uri == "/data/out-quarantine"
+    assert not m.quarantine_uri.startswith(m.output.uri + "/")
+
+
+def test_unknown_keys_are_errors_with_their_path():
+    errs = _errors({"input": {"uri": "x", "globb": "*"}, "output": {"uri": "y"}, "colour": 1})
+    assert "input.globb" in errs and "unknown key" in errs["input.globb"]
+    assert "colour" in errs
+
+
+def test_method_params_are_validated_per_method():
+    errs = _errors({**MINIMAL, "anonymize": {"method": "pixelate", "params": {"blocks": 0, "sigma": 2}}})
+    assert "anonymize.params.blocks" in errs
+    assert "greater than or equal to 1" in errs["anonymize.params.blocks"]
+    assert "anonymize.params.sigma" in errs
+    # the same key is valid for the method it belongs to
+    m = manifest_from_dict({**MINIMAL, "anonymize": {"method": "blur", "params": {"strength": 0.3}}})
+    assert m.anonymize.params["strength"] == 0.3
+    errs = _errors({**MINIMAL, "anonymize": {"method": "mask", "params": {"color": [0, 300, 0]}}})
+    assert any(k.startswith("anonymize.params.color") for k in errs)
+
+
+def test_enums_missing_fields_and_protocols():
+    errs = _errors({"input": {}, "output": {"uri": "zz://bucket/x"}, "checks": {"on_fail": "nope"}})
+    assert errs["input.uri"] == "required field is missing"
+    assert "unknown storage protocol 'zz'" in errs["output.uri"]
+    assert "checks.on_fail" in errs
+    for uri in ("s3://b/p", "gs://b/p", "az://c/p", "memory://x", "file:///tmp/x"):
+        assert manifest_from_dict({"input": {"uri": uri}, "output": {"uri": "/o"}}).input.uri == uri
+
+
+def test_insightface_needs_a_model_dir():
+    errs = _errors({**MINIMAL, "detect": {"backend": "insightface"}})
+    assert any("detect.model_dir is required" in v for v in errs.values())
+
+
+def test_relative_paths_resolve_against_the_manifest(tmp_path: Path):
+    (tmp_path / "jobs").mkdir()
+    f = tmp_path / "jobs" / "job.yaml"
+    f.write_text("input: {uri: ../photos}\noutput: {uri: out, format: png}\n")
+    m = load_manifest(f)
+    assert m.input.uri == str(tmp_path / "photos")
+    assert m.output.uri == str(tmp_path / "jobs" / "out")
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("input:\n  uri: [unclosed\noutput: {uri: x}\n")
+    with pytest.raises(ManifestError) as exc:
+        load_manifest(f)
+    assert "invalid YAML" in str(exc.value) and "line" in str(exc.value)
+
+
+def test_config_hash_changes_with_what_runs():
+    a = manifest_from_dict(dict(MINIMAL)).config_sha256()
+    b = manifest_from_dict({**MINIMAL, "anonymize": {"method": "mask"}}).config_sha256()
+    assert a != b and len(a) == 64
+
+
+def test_cli_validate_prints_every_error_and_exits_nonzero(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "input: {uri: photos, glob: '*.jpg', extra_thing: 1}\n"
+        "output: {uri: out, naming: secret}\n"
+        "anonymize: {method: pixelate, params: {blocks: -3}}\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "deid.cli.app", "validate", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert str(bad) in err and "3 error(s)" in err
+    for path in ("input.extra_thing", "output.naming", "anonymize.params.blocks"):
+        assert path in err
+    good = tmp_path / "good.yaml"
+    good.write_text("input: {uri: photos}\noutput: {uri: out}\n")
+    proc = subprocess.run([sys.executable, "-m", "deid.cli.app", "validate", str(good)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout
+
+
+def test_example_manifests_validate():
+    for f in sorted((Path(__file__).resolve().parents[1] / "manifests").glob("*.yaml")):
+        load_manifest(f)
