@@ -42,8 +42,10 @@ from deid.faces.insightface_backend import (
 )
 from deid.faces.types import Face
 
-LFW = "/work/shared/data/lfw-dev"
-PHOTO_A = os.path.join(LFW, "Alan_Greenspan", "Alan_Greenspan_0001.jpg")
+from conftest import LFW as _SAMPLES_LFW  # noqa: E402  (bundled samples: tests run from a clean clone)
+
+LFW = str(_SAMPLES_LFW)
+PHOTO_A = os.path.join(LFW, "Celine_Dion", "Celine_Dion_0001.jpg")
 PHOTO_B = os.path.join(LFW, "Andre_Agassi")
 
 DET_SIZE = 160  # det input 160x160: stride-32 grid of 5x5 cells
@@ -235,6 +237,7 @@ def test_model_files_picks_detector_and_recognizer(pack):
     assert classify(str(pack / "genderage.onnx")) == "attribute"
     p = find_models(str(pack))
     assert (p.detection, p.recognition) == (files[0], files[1])
+    assert model_files(f"file://{pack}") == files
 
 
 def test_classification_agrees_with_insightface_router(pack):
@@ -456,3 +459,4 @@ def test_embedder_needs_recognition_model(pack, tmp_path):
     (tmp_path / "det_tiny.onnx").write_bytes((pack / "det_tiny.onnx").read_bytes())
     with pytest.raises(FileNotFoundError, match=f"no recognition model .* in {tmp_path}"):
         InsightFaceEmbedder(str(tmp_path))
+

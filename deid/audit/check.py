@@ -3,8 +3,10 @@
 For each face, the original and the anonymized image are embedded with the same
 landmarks and the same alignment (dlib's aligned chip from the *original* detection),
 so the distance measures the edit and nothing else. ``still_detected`` re-runs the
-detector on the output: a face that is no longer found is a utility fact, not a
-privacy one. ``passed`` is ``id_distance >= threshold``.
+detector on the output, in a window around each face (the face box grown by half its
+size per side) rather than over the whole photo: the same detector at the same scale,
+at a fraction of the cost on large photos. A face that is no longer found is a utility
+fact, not a privacy one. ``passed`` is ``id_distance >= threshold``.
 """
 
 from __future__ import annotations
@@ -38,11 +40,20 @@ class IdentityChecker:
         before = self.embedder.embed_shapes(original, shapes)
         after = self.embedder.embed_shapes(anonymized, shapes)
         dist = self.embedder.distance(before, after)
-        found: list[Face] | None = self.detector.detect(anonymized) if self.redetect else None
         out = []
         for face, d in zip(faces, dist):
-            still = None
-            if found is not None:
-                still = any(iou(face.box, g.box) >= self.iou_threshold for g in found)
+            still = self._still_detected(anonymized, face) if self.redetect else None
             out.append(FaceCheck(id_distance=float(d), still_detected=still, passed=bool(d >= self.threshold)))
         return out
+
+    def _still_detected(self, image: np.ndarray, face: Face) -> bool:
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = face.box
+        gx, gy = (x1 - x0) // 2, (y1 - y0) // 2
+        wx0, wy0, wx1, wy1 = max(0, x0 - gx), max(0, y0 - gy), min(w, x1 + gx), min(h, y1 + gy)
+        window = np.ascontiguousarray(image[wy0:wy1, wx0:wx1])
+        for g in self.detector.detect(window):
+            box = (g.box[0] + wx0, g.box[1] + wy0, g.box[2] + wx0, g.box[3] + wy0)
+            if iou(face.box, box) >= self.iou_threshold:
+                return True
+        return False

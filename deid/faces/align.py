@@ -44,8 +44,14 @@ def estimate(landmarks5: np.ndarray, size: int, layout: str = "dlib5", scale: fl
     """
     tmpl = TEMPLATES[layout]
     dst = ((tmpl - 0.5) * scale + 0.5) * size
-    tform = SimilarityTransform()
-    if not tform.estimate(np.asarray(landmarks5, dtype=np.float64), dst):
+    src = np.asarray(landmarks5, dtype=np.float64)
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        tform = SimilarityTransform.from_estimate(src, dst)
+        ok = bool(tform)
+    else:
+        tform = SimilarityTransform()
+        ok = tform.estimate(src, dst)
+    if not ok:
         raise ValueError("degenerate landmarks: cannot estimate a similarity transform")
     return tform.params[:2].astype(np.float64)
 

@@ -19,10 +19,10 @@ def model_fingerprints(manifest: Manifest) -> list[dict]:
     elif det.backend == "dlib-cnn":
         out.append({"name": "dlib-mmod", "sha256": file_sha256(det.model_path or dlib_model_path("dlib-mmod"))})
     elif det.backend == "insightface":
-        from deid.faces.insightface_backend import model_files
+        from deid.faces.insightface_backend import find_models
 
-        for path in model_files(det.model_dir):
-            out.append({"name": f"insightface:{os.path.basename(path)}", "sha256": file_sha256(path)})
+        path = find_models(det.model_dir).detection  # the checks use dlib, not the pack's recognizer
+        out.append({"name": f"insightface:{os.path.basename(path)}", "sha256": file_sha256(path)})
     if det.backend != "insightface" or manifest.checks.enabled:
         out.append({"name": "dlib-shape5", "sha256": file_sha256(dlib_model_path("dlib-shape5"))})
     if det.landmarks == 68 and det.backend != "insightface":
