@@ -58,11 +58,6 @@ def test_enums_missing_fields_and_protocols():
         assert manifest_from_dict({"input": {"uri": uri}, "output": {"uri": "/o"}}).input.uri == uri
 
 
-def test_insightface_needs_a_model_dir():
-    errs = _errors({**MINIMAL, "detect": {"backend": "insightface"}})
-    assert any("detect.model_dir is required" in v for v in errs.values())
-
-
 def test_relative_paths_resolve_against_the_manifest(tmp_path: Path):
     (tmp_path / "jobs").mkdir()
     f = tmp_path / "jobs" / "job.yaml"
@@ -109,3 +104,15 @@ def test_cli_validate_prints_every_error_and_exits_nonzero(tmp_path: Path):
 def test_example_manifests_validate():
     for f in sorted((Path(__file__).resolve().parents[1] / "manifests").glob("*.yaml")):
         load_manifest(f)
+
+
+def test_cross_field_checks():
+    errs = _errors({"input": {"uri": "/data/x/"}, "output": {"uri": "/data/x"}})
+    assert any("output.uri must differ from input.uri" in v for v in errs.values())
+    errs = _errors({"input": {"uri": "s3://in/photos"}, "output": {"uri": "s3://released/"}})
+    assert any("quarantine_uri must be set" in v for v in errs.values())
+    ok = manifest_from_dict({"input": {"uri": "s3://in/photos"}, "output": {"uri": "s3://released", "quarantine_uri": "s3://q/x"}})
+    assert ok.quarantine_uri == "s3://q/x"
+    # a detector error is reported together with the other errors, at its section
+    errs = _errors({"input": {"uri": "a", "bogus": 1}, "output": {"uri": "b"}, "detect": {"backend": "insightface"}})
+    assert "input.bogus" in errs and "model_dir is required" in errs["detect"]

@@ -130,3 +130,9 @@ def test_identity_embeddings_separate_people(hog, embedder):
     diff = [embedder.distance(a, b) for (_, v1), (_, v2) in itertools.combinations(by_person.items(), 2) for a in v1 for b in v2]
     assert np.mean(np.array(same) < 0.6) >= 0.9
     assert np.mean(np.array(diff) >= 0.6) >= 0.95
+
+
+def test_68_point_model_drives_alignment_when_asked():
+    img = rgb(lfw_images()[0])
+    f68 = DlibDetector(landmarks=68).detect(img)[0]
+    assert np.array_equal(f68.landmarks5, five_from_68(f68.landmarks68))

@@ -215,3 +215,54 @@ def test_cli_run_prints_summary(tmp_path):
     assert summary["counts"]["failed"] == 1 and summary["audit_rows"] == 3
     # the demo manifest's input folder and subjects side table are real
     assert (LFW / "subjects.csv").exists()
+
+
+def test_a_run_that_stops_early_still_gives_every_input_a_row(photos, tmp_path):
+    """If the engine dies mid-run, the records it never answered for get `lost` rows."""
+    from deid.pipeline import run as run_mod
+
+    real = run_mod._inline_results
+
+    def dies_after_first_batch(manifest, plan, ctx):
+        gen = real(manifest, plan, ctx)
+        yield next(gen)
+        raise RuntimeError("worker node lost\nlong traceback here")
+
+    m = manifest_from_dict(base_manifest(photos, tmp_path, checks={"enabled": False}))
+    run_mod._inline_results = dies_after_first_batch
+    try:
+        res = run_job(m, engine="inline", progress=False)
+    finally:
+        run_mod._inline_results = real
+    df = pd.read_parquet(res.records_uri)
+    n = len(list(photos.rglob("*.jpg")))
+    assert len(df) == n and df.record_id.is_unique
+    assert (df.status == "released").sum() == 2  # batch_size 2: the first batch landed
+    lost = df[df.error_code == "lost"]
+    assert len(lost) == n - 2 and (lost.status == "failed").all()
+    assert all("stopped early (RuntimeError: worker node lost)" in e for e in lost.error)
+    assert res.summary["aborted"] == "RuntimeError: worker node lost"
+
+
+def test_mirror_name_collisions_are_refused_and_the_rest_goes_on(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    src = lfw_images()
+    shutil.copy(src[0], inp / "a.jpg")
+    Image.open(src[1]).save(inp / "a.png")
+    shutil.copy(src[2], inp / "b.jpg")
+    _, res, df = _run(inp, tmp_path, output={"naming": "mirror"}, checks={"enabled": False})
+    by = {Path(u).name: r for u, r in zip(df.input_uri, df.itertuples())}
+    assert len(df) == 3 == res.summary["inputs"]
+    assert by["a.jpg"].error_code == by["a.png"].error_code == "name_collision"
+    assert "a.png" in by["a.jpg"].error and "naming: hash" in by["a.jpg"].error
+    assert by["b.jpg"].status == "released"
+    assert [p.name for p in _files(tmp_path / "release")] == ["b.jpg"]
+
+
+def test_memory_uris_are_refused_for_ray_with_a_reason():
+    from deid.pipeline import RunError
+
+    m = manifest_from_dict({"input": {"uri": "memory://x/in"}, "output": {"uri": "/tmp/never-written"}})
+    with pytest.raises(RunError, match="memory:// lives inside one process"):
+        run_job(m, engine="ray", progress=False)

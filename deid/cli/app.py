@@ -39,18 +39,21 @@ def run(
 ) -> None:
     """Run a job: anonymize every input, write outputs and the audit manifest."""
     from deid.io.listing import ListingError
-    from deid.pipeline import run_job
+    from deid.pipeline import RunError, run_job
 
     m = _load(manifest)
     try:
         result = run_job(m, engine="inline" if inline else "ray", progress=False if no_progress else None)
-    except ListingError as exc:
+    except (ListingError, RunError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     s = result.summary
+    if s["inputs"] == 0:
+        typer.echo(f"warning: no inputs under {m.input.uri} matched input.glob {m.input.glob} "
+                   f"and input.extensions", err=True)
     if json_summary:
         typer.echo(json.dumps(s, indent=2, sort_keys=True))
-        return
+        raise typer.Exit(1 if s.get("aborted") else 0)
     counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items() if v) or "no inputs"
     d = s["id_distance"]
     dist = f"min {d['min']:.3f}, median {d['median']:.3f}" if d["n"] else "n/a"
@@ -63,6 +66,10 @@ def run(
         f"  audit        {s['audit_records_uri']}  (pandas.read_parquet)\n"
         f"  summary      {s['audit_uri'].rstrip('/')}/summary.json"
     )
+    if s.get("aborted"):
+        typer.echo(f"error: the run stopped early ({s['aborted']}); unprocessed records have failed rows "
+                   f"with error_code=lost", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

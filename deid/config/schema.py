@@ -1,8 +1,9 @@
 """The job manifest: one YAML file that says what to read, what to do and where to write.
 
 Contract: every section forbids unknown keys; every default is stated here and in
-docs/manifest.md; derived locations (audit, quarantine) are resolved by
-:meth:`Manifest.resolved` so that the rest of deid never re-derives them.
+docs/manifest.md; derived locations (audit, quarantine) come from the properties
+:attr:`Manifest.audit_uri` and :attr:`Manifest.quarantine_uri` so that the rest of deid
+never re-derives them.
 """
 
 from __future__ import annotations
@@ -101,6 +102,12 @@ class DetectConfig(_Section):
     model_dir: str | None = Field(None, description="insightface: directory with the detection (and recognition) ONNX files")
     det_size: int = Field(640, ge=64, description="insightface: detector input size")
 
+    @model_validator(mode="after")
+    def _needs_model_dir(self) -> "DetectConfig":
+        if self.backend == "insightface" and not self.model_dir:
+            raise ValueError("model_dir is required when backend is insightface (a folder with the pack's .onnx files)")
+        return self
+
 
 class AnonymizeConfig(_Section):
     method: Literal["blur", "pixelate", "mask"] = "blur"
@@ -160,8 +167,14 @@ class Manifest(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Manifest":
-        if self.detect.backend == "insightface" and not self.detect.model_dir:
-            raise ValueError("detect.model_dir is required when detect.backend is insightface")
+        src, out = self.input.uri.rstrip("/"), self.output.uri.rstrip("/")
+        if src == out:
+            raise ValueError("output.uri must differ from input.uri (outputs would overwrite or hide the inputs)")
+        if self.output.quarantine_uri is None and _is_bucket_root(out):
+            raise ValueError(
+                f"output.quarantine_uri must be set when output.uri is a bucket root ({self.output.uri}): "
+                "the default sibling '<output.uri>-quarantine' would be another bucket"
+            )
         return self
 
     # ----------------------------------------------------------------- derived
@@ -177,6 +190,13 @@ class Manifest(_Section):
         """Hash of the canonical, fully-defaulted manifest (what actually ran)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _is_bucket_root(uri: str) -> bool:
+    if "://" not in uri:
+        return False
+    rest = uri.split("://", 1)[1].strip("/")
+    return "/" not in rest
 
 
 def _loc(loc: tuple) -> str:

@@ -34,8 +34,8 @@ class DlibDetector:
             self._cnn = dlib.cnn_face_detection_model_v1(model_path or dlib_model_path("dlib-mmod"))
         else:
             raise ValueError(f"not a dlib backend: {backend}")
-        self._sp5 = dlib.shape_predictor(dlib_model_path("dlib-shape5"))
         self._sp68 = dlib.shape_predictor(dlib_model_path("dlib-shape68")) if landmarks == 68 else None
+        self._sp5 = None if self._sp68 is not None else dlib.shape_predictor(dlib_model_path("dlib-shape5"))
 
     def _raw(self, rgb: np.ndarray) -> list[tuple[dlib.rectangle, float]]:
         if self._hog is not None:
@@ -61,8 +61,13 @@ class DlibDetector:
             box = clip_box(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1, w, h)
             if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                 continue
-            pts5 = _shape_points(self._sp5(rgb, rect))
-            pts68 = _shape_points(self._sp68(rgb, rect)) if self._sp68 is not None else None
+            if self._sp68 is not None:
+                # 68-point model: alignment uses its eye corners and nose base
+                pts68 = _shape_points(self._sp68(rgb, rect))
+                pts5 = five_from_68(pts68)
+            else:
+                pts68 = None
+                pts5 = _shape_points(self._sp5(rgb, rect))
             faces.append(Face(box=box, score=float(score), landmarks5=pts5, landmark_layout="dlib5", landmarks68=pts68))
         faces.sort(key=lambda f: (f.box[1], f.box[0]))
         return faces

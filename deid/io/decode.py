@@ -10,8 +10,9 @@ Contract:
 * multi-frame files (animated GIF/WebP/PNG, multi-page TIFF): the first frame is used and
   ``frames`` says how many there were; nothing of the other frames is written out.
 
-Error codes (stable, documented in docs/audit.md): ``read_error``, ``empty_file``,
-``not_an_image``, ``truncated``, ``corrupt``, ``too_many_pixels``, ``bad_dimensions``.
+Error codes (stable, documented in docs/audit.md): ``empty_file``, ``not_an_image``,
+``truncated``, ``corrupt``, ``too_many_pixels``, ``bad_dimensions``. (Reading the bytes
+happens before, in the pipeline stage, whose failures are ``read_error``.)
 """
 
 from __future__ import annotations

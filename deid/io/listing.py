@@ -126,9 +126,11 @@ def discover(manifest: Manifest, subjects: dict[str, str] | None = None) -> pa.T
         raise ListingError(f"{manifest.input.uri}: cannot list input ({exc})") from exc
 
     excluded = []
-    for other in (manifest.output.uri, manifest.quarantine_uri, manifest.audit_uri):
+    for other, opts in ((manifest.output.uri, manifest.output.storage_options),
+                        (manifest.quarantine_uri, manifest.output.storage_options),
+                        (manifest.audit_uri, manifest.audit.storage_options)):
         try:
-            ofs, opath = fsspec.core.url_to_fs(other, **manifest.output.storage_options)
+            ofs, opath = fsspec.core.url_to_fs(other, **opts)
         except Exception:  # noqa: BLE001 - an unreachable output is reported later, not here
             continue
         if type(ofs) is type(fs):

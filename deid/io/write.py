@@ -58,17 +58,20 @@ def naming_key(env_var: str, key_file: str | None) -> bytes:
     val = os.environ.get(env_var)
     if val:
         return val.encode()
-    path = Path(key_file) if key_file else Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "deid" / "naming.key"
-    if path.exists():
-        data = path.read_bytes().strip()
-        if not data:
-            raise ValueError(f"{path}: naming key file is empty")
-        return data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = secrets.token_hex(32).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data + b"\n")
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")  # empty means unset
+    path = Path(key_file) if key_file else Path(config_home) / "deid" / "naming.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another run created it a moment ago: use theirs
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_hex(32).encode() + b"\n")
+    data = path.read_bytes().strip()
+    if not data:
+        raise ValueError(f"{path}: naming key file is empty")
     return data
 
 

@@ -47,14 +47,53 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-def plan_records(manifest: Manifest) -> tuple[pa.Table, bytes]:
-    """Listing plus the output stem of each record (names are computed here, on the
-    driver, so the naming secret never travels to workers)."""
+class RunError(Exception):
+    """The run cannot start as configured (the message says why and what to change)."""
+
+
+@dataclass
+class Plan:
+    records: pa.Table            # what the workers process: listing + output_stem
+    refused: list[tuple[str, str, str, str]]  # (record_id, uri, error_code, message): failed on the driver
+    naming_key_id: str | None
+
+
+def plan_records(manifest: Manifest) -> Plan:
+    """Listing plus the output stem of each record. Names are computed here, on the
+    driver, so the naming secret never travels to workers. With ``naming: mirror`` two
+    inputs that differ only by extension would write one output: both are refused
+    (a ``failed`` row each, ``error_code = name_collision``) and the rest go on."""
     subjects = load_subjects(manifest.input.subjects, manifest.input.storage_options) if manifest.input.subjects else None
     listing = discover(manifest, subjects)
-    key = naming_key(manifest.output.naming_key_env, manifest.output.naming_key_file)
-    stems = [output_stem(p, manifest.output.naming, key) for p in listing.column("rel_path").to_pylist()]
-    return listing.append_column("output_stem", pa.array(stems, pa.string())), key
+    key = b"" if manifest.output.naming == "mirror" else naming_key(manifest.output.naming_key_env, manifest.output.naming_key_file)
+    rels = listing.column("rel_path").to_pylist()
+    stems = [output_stem(p, manifest.output.naming, key) for p in rels]
+    listing = listing.append_column("output_stem", pa.array(stems, pa.string()))
+    refused: list[tuple[str, str, str, str]] = []
+    by_stem: dict[str, list[int]] = {}
+    for i, stem in enumerate(stems):
+        by_stem.setdefault(stem.lower(), []).append(i)
+    clash = sorted(i for idx in by_stem.values() if len(idx) > 1 for i in idx)
+    if clash:
+        ids, uris = listing.column("record_id").to_pylist(), listing.column("uri").to_pylist()
+        for i in clash:
+            others = ", ".join(rels[j] for j in by_stem[stems[i].lower()] if j != i)
+            refused.append((ids[i], uris[i], "name_collision",
+                            f"{uris[i]}: output.naming=mirror gives it the same output name as {others}; "
+                            "rename one, or use naming: hash"))
+        mask = pa.array([i not in set(clash) for i in range(len(stems))])
+        listing = listing.filter(mask)
+    return Plan(records=listing, refused=refused, naming_key_id=key_id(key) if key else None)
+
+
+def _check_engine(manifest: Manifest, engine: str) -> None:
+    if engine != "ray":
+        return
+    for name, uri in (("input.uri", manifest.input.uri), ("output.uri", manifest.output.uri),
+                      ("audit.uri", manifest.audit_uri), ("output.quarantine_uri", manifest.quarantine_uri)):
+        if uri.lower().startswith("memory://"):
+            raise RunError(f"{name} is {uri}: memory:// lives inside one process and Ray workers cannot see it; "
+                           "use a local path or object storage, or run with --inline")
 
 
 # ------------------------------------------------------------------------------ Ray
@@ -132,44 +171,46 @@ def _inline_results(manifest: Manifest, plan: pa.Table, ctx: RunContext):
 def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = None,
             on_batch: Callable[[pa.Table], None] | None = None) -> RunResult:
     t0 = time.perf_counter()
+    _check_engine(manifest, engine)
     run_id = new_run_id()
-    plan, key = plan_records(manifest)
-    ctx = RunContext(run_id=run_id, config_sha256=manifest.config_sha256(), naming_key_id=key_id(key),
+    planned = plan_records(manifest)
+    plan = planned.records
+    ctx = RunContext(run_id=run_id, config_sha256=manifest.config_sha256(), naming_key_id=planned.naming_key_id,
                      model_fingerprints=model_fingerprints(manifest))
     writer = AuditWriter(manifest.audit_uri, run_id, manifest.audit.storage_options)
+    if planned.refused:
+        writer.add(pa.Table.from_pylist([_driver_row(r, u, code, msg, ctx, manifest) for r, u, code, msg in planned.refused],
+                                        schema=AUDIT_SCHEMA))
     expected = set(plan.column("record_id").to_pylist())
     seen: set[str] = set()
     counts: Counter = Counter()
-    n_faces = 0
-    distances: list[float] = []
 
     show = manifest.run.progress if progress is None else progress
     from tqdm import tqdm
 
     bar = tqdm(total=plan.num_rows, unit="rec", disable=not show, dynamic_ncols=True, desc="deid")
     results = (_ray_results if engine == "ray" else _inline_results)(manifest, plan, ctx) if plan.num_rows else iter(())
-    for table in results:
-        ids = table.column("record_id").to_pylist()
-        keep = [i for i, r in enumerate(ids) if r in expected and r not in seen]
-        if len(keep) != len(ids):  # duplicates from a retried task: first answer wins
-            table = table.take(pa.array(keep, pa.int64()))
-            ids = [ids[i] for i in keep]
-        seen.update(ids)
-        writer.add(table)
-        counts.update(table.column("status").to_pylist())
-        n_faces += int(pc.sum(table.column("n_faces")).as_py() or 0)
-        flat = pc.list_flatten(table.column("faces"))
-        distances += [d for d in pc.struct_field(flat, "id_distance").to_pylist() if d is not None]
-        if on_batch:
-            on_batch(table)
-        bar.update(table.num_rows)
-        bar.set_postfix({k: counts[k] for k in STATUSES if counts[k]}, refresh=False)
+    aborted: str | None = None
+    tally = _Tally()
+    try:
+        _consume(results, expected, seen, writer, counts, bar, on_batch, tally)
+    except KeyboardInterrupt:
+        writer.flush()  # keep what is done; the interrupted records have no row yet
+        raise
+    except Exception as exc:  # noqa: BLE001 - the run ends, but every input still gets its row
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        aborted = f"{type(exc).__name__}: {first}"
+        log.error("run stopped early: %s", aborted)
     bar.close()
+    n_faces, distances = tally.faces, tally.distances
 
     missing = expected - seen
     if missing:
         lost = plan.filter(pc.is_in(plan.column("record_id"), pa.array(sorted(missing))))
-        rows = [_lost_row(r, u, ctx, manifest) for r, u in zip(lost.column("record_id").to_pylist(), lost.column("uri").to_pylist())]
+        why = (f"not processed: the run stopped early ({aborted})" if aborted
+               else "no worker returned a result for this record (worker crash?)")
+        rows = [_driver_row(r, u, "lost", f"{u}: {why}", ctx, manifest)
+                for r, u in zip(lost.column("record_id").to_pylist(), lost.column("uri").to_pylist())]
         writer.add(pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA))
         counts.update(["failed"] * len(rows))
     writer.flush()
@@ -179,7 +220,7 @@ def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = 
         "run_id": run_id,
         "tool_version": __version__,
         "config_sha256": ctx.config_sha256,
-        "inputs": plan.num_rows,
+        "inputs": plan.num_rows + len(planned.refused),
         "audit_rows": writer.rows_written,
         "counts": {k: counts.get(k, 0) for k in STATUSES},
         "faces": n_faces,
@@ -191,6 +232,7 @@ def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = 
         "wall_seconds": round(wall, 3),
         "records_per_second": round(plan.num_rows / wall, 3) if wall > 0 else None,
         "engine": engine,
+        "aborted": aborted,
         "output_uri": manifest.output.uri,
         "quarantine_uri": manifest.quarantine_uri,
         "audit_uri": manifest.audit_uri,
@@ -202,15 +244,43 @@ def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = 
                      counts=dict(counts))
 
 
-def _lost_row(record_id: str, uri: str, ctx: RunContext, manifest: Manifest) -> dict:
+@dataclass
+class _Tally:
+    faces: int = 0
+    distances: list = field(default_factory=list)
+
+
+def _consume(results, expected, seen, writer, counts, bar, on_batch, tally: _Tally) -> None:
+    for table in results:
+        ids = table.column("record_id").to_pylist()
+        keep = [i for i, r in enumerate(ids) if r in expected and r not in seen]
+        if len(keep) != len(ids):  # duplicates from a retried task: first answer wins
+            table = table.take(pa.array(keep, pa.int64()))
+            ids = [ids[i] for i in keep]
+        seen.update(ids)
+        writer.add(table)
+        counts.update(table.column("status").to_pylist())
+        tally.faces += int(pc.sum(table.column("n_faces")).as_py() or 0)
+        flat = pc.list_flatten(table.column("faces"))
+        tally.distances += [d for d in pc.struct_field(flat, "id_distance").to_pylist() if d is not None]
+        if on_batch:
+            on_batch(table)
+        bar.update(table.num_rows)
+        bar.set_postfix({k: counts[k] for k in STATUSES if counts[k]}, refresh=False)
+
+
+def _driver_row(record_id: str, uri: str, code: str, message: str, ctx: RunContext, manifest: Manifest) -> dict:
+    """A ``failed`` row made on the driver for a record no worker answered for."""
     import datetime as _dt
     import json
 
+    from deid.anonymize import make_anonymizer
+
     row = {name: None for name in AUDIT_SCHEMA.names}
     row.update(
-        run_id=ctx.run_id, record_id=record_id, input_uri=uri, status="failed", error_code="lost",
-        error=f"{uri}: no worker returned a result for this record (worker crash?)",
+        run_id=ctx.run_id, record_id=record_id, input_uri=uri, status="failed", error_code=code, error=message,
         method=manifest.anonymize.method, params_json=json.dumps(manifest.anonymize.params, sort_keys=True),
+        dp_scope=make_anonymizer(manifest.anonymize.method, manifest.anonymize.params).dp_scope,
         processed_at=_dt.datetime.now(_dt.timezone.utc), tool_version=__version__,
         config_sha256=ctx.config_sha256, naming_key_id=ctx.naming_key_id, model_fingerprints=ctx.model_fingerprints,
     )
