@@ -223,8 +223,8 @@ def test_a_run_that_stops_early_still_gives_every_input_a_row(photos, tmp_path):
 
     real = run_mod._inline_results
 
-    def dies_after_first_batch(manifest, plan, ctx):
-        gen = real(manifest, plan, ctx)
+    def dies_after_first_batch(*args):
+        gen = real(*args)
         yield next(gen)
         raise RuntimeError("worker node lost\nlong traceback here")
 

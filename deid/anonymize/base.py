@@ -26,6 +26,7 @@ class FaceFacts:
     sensitivity: float | None = None
     noise_scale: float | None = None
     dp_scope: str = "none"           # none | face-latent | heuristic
+    test_mode: bool = False          # noise from the seeded, non-DP test path (never in a release)
 
 
 class Anonymizer(Protocol):

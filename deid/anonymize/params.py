@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Channel = Annotated[int, Field(ge=0, le=255)]
 
@@ -54,8 +54,57 @@ class MaskParams(_Params):
     color: tuple[Channel, Channel, Channel] = Field((0, 0, 0), description="RGB fill colour")
 
 
-PARAMS_BY_METHOD: dict[str, type[_Params]] = {
+class _LatentParams(BaseModel):
+    """Shared by the latent-space methods: the face is aligned to the latent model's crop,
+    edited in the latent space, decoded and pasted back through the model's soft face oval
+    (``feather`` is that oval's soft edge, as a fraction of the crop size)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feather: float = Field(0.08, ge=0.0, le=0.5, description="soft edge of the face oval, fraction of the crop")
+
+
+class DPImageParams(_LatentParams):
+    """DP-Image: clip the latent to public bounds, add calibrated noise, project onto the
+    public prior (post-processing), decode."""
+
+    epsilon: float = Field(8.0, gt=0.0, le=1e6, description="per-face privacy budget of one release")
+    delta: float = Field(0.0, ge=0.0, lt=1.0, description="gaussian only: the delta of (epsilon, delta)-DP")
+    mechanism: Literal["laplace", "gaussian"] = "laplace"
+    noise_dims: int | None = Field(
+        None, ge=1, description="noise only the first k latent dimensions; the rest are replaced by public means (still DP)"
+    )
+    post: Literal["posterior-mean", "posterior-sample", "none"] = Field(
+        "posterior-mean", description="post-processing of the noisy latent onto the public prior (free under DP)"
+    )
+    test_seed: int | None = Field(
+        None, description="TEST MODE ONLY: deterministic, non-DP noise; marked in the audit (dp_test_mode)"
+    )
+
+    @model_validator(mode="after")
+    def _delta_fits_mechanism(self) -> "DPImageParams":
+        if self.mechanism == "gaussian" and self.delta <= 0:
+            raise ValueError("delta must be > 0 for the gaussian mechanism")
+        if self.mechanism == "laplace" and self.delta != 0:
+            raise ValueError("delta must be 0 for the laplace mechanism (pure epsilon-DP)")
+        return self
+
+
+class DeepBlurParams(_LatentParams):
+    """DeepBlur: Gaussian low-pass of the (standardised) latent along its layout. Not DP."""
+
+    sigma: float = Field(4.0, gt=0.0, le=1e6, description="width of the low-pass, in latent dimensions")
+
+
+PARAMS_BY_METHOD: dict[str, type[BaseModel]] = {
     "blur": BlurParams,
     "pixelate": PixelateParams,
     "mask": MaskParams,
+    "dp-image": DPImageParams,
+    "deepblur": DeepBlurParams,
 }
+
+#: methods whose releases are charged to the privacy ledger
+DP_METHODS = frozenset({"dp-image"})
+#: methods that need a latent model
+LATENT_METHODS = frozenset({"dp-image", "deepblur"})

@@ -62,6 +62,7 @@ AUDIT_SCHEMA = pa.schema(
         ("method", pa.string()),
         ("params_json", pa.string()),
         ("dp_scope", pa.string()),
+        ("dp_test_mode", pa.bool_()),        # DP methods: noise came from the seeded, non-DP test path
         ("min_id_distance", pa.float32()),
         ("timings", TIMINGS),
         ("processed_at", pa.timestamp("ms", tz="UTC")),

@@ -44,6 +44,8 @@ def _fmt_msg(err: dict) -> str:
 _PATH_FIELDS = (
     ("input", "uri"), ("input", "subjects"), ("output", "uri"), ("output", "quarantine_uri"),
     ("output", "naming_key_file"), ("audit", "uri"), ("detect", "model_path"), ("detect", "model_dir"),
+    ("latent", "uri"), ("latent", "encoder"), ("latent", "decoder"), ("latent", "bounds"),
+    ("privacy", "ledger"), ("privacy", "subject_key_file"),
 )
 
 
@@ -53,7 +55,7 @@ def _resolve_paths(data: dict, base: Path) -> None:
         if not isinstance(sec, dict):
             continue
         val = sec.get(key)
-        if isinstance(val, str) and val and "://" not in val:
+        if isinstance(val, str) and val and "://" not in val and not val.startswith("builtin:"):
             p = Path(os.path.expanduser(val))
             sec[key] = str(p if p.is_absolute() else (base / p).resolve())
 

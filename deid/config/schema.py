@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deid.anonymize.params import PARAMS_BY_METHOD
+from deid.anonymize.params import DP_METHODS, PARAMS_BY_METHOD
 
 #: Extensions listed by default (lower case). Other files under input.uri are not inputs.
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".pgm", ".ppm")
@@ -110,7 +110,7 @@ class DetectConfig(_Section):
 
 
 class AnonymizeConfig(_Section):
-    method: Literal["blur", "pixelate", "mask"] = "blur"
+    method: Literal["blur", "pixelate", "mask", "dp-image", "deepblur"] = "blur"
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -122,6 +122,46 @@ class AnonymizeConfig(_Section):
             # load.py reports these with their full path (anonymize.params.<field>).
             raise ValueError("; ".join(f"params.{_loc(e['loc'])}: {e['msg']}" for e in exc.errors())) from None
         return self
+
+
+class LatentConfig(_Section):
+    """The latent model of the latent-space methods (dp-image, deepblur)."""
+
+    backend: Literal["pca", "torchscript"] = "pca"
+    uri: str = Field("builtin:eigenfaces", description="pca: model file (any fsspec URI) or builtin:<name>")
+    encoder: str | None = Field(None, description="torchscript: encoder file URI")
+    decoder: str | None = Field(None, description="torchscript: decoder file URI")
+    bounds: str | None = Field(None, description="torchscript: public bounds/statistics file URI (.npz)")
+    crop_size: int | None = Field(None, ge=16, description="torchscript: aligned crop size")
+    value_range: str = Field("0,1", description="torchscript: pixel range the networks expect ('0,1' or '-1,1')")
+    layout: str = "dlib5"
+    align_scale: float = Field(1.0, gt=0.0)
+    device: str = Field("auto", description="torchscript: auto | cpu | cuda")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    def spec(self) -> dict[str, Any]:
+        if self.backend == "pca":
+            return {"backend": "pca", "uri": self.uri, "storage_options": self.storage_options}
+        d = self.model_dump(exclude={"uri"})
+        return {k: v for k, v in d.items() if v is not None}
+
+    @model_validator(mode="after")
+    def _torchscript_files(self) -> "LatentConfig":
+        if self.backend == "torchscript":
+            missing = [k for k in ("encoder", "decoder", "bounds", "crop_size") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"torchscript needs {', '.join(missing)}")
+        return self
+
+
+class PrivacyConfig(_Section):
+    """The per-subject privacy budget of the DP methods (docs/privacy.md)."""
+
+    ledger: str | None = Field(None, description="budget ledger: a SQLite file path (WAL) or a SQL URL; required for DP methods")
+    max_epsilon: float | None = Field(None, gt=0.0, description="cap per subject on the composed epsilon; required for DP methods")
+    max_delta: float = Field(0.0, ge=0.0, lt=1.0, description="cap per subject on delta (gaussian releases need > 0)")
+    subject_key_env: str = Field("DEID_SUBJECT_KEY", description="env var with the secret for subject keys (HMAC)")
+    subject_key_file: str | None = Field(None, description="file with that secret (deid budget init-key PATH makes one)")
 
 
 class ChecksConfig(_Section):
@@ -161,6 +201,8 @@ class Manifest(_Section):
     output: OutputConfig
     detect: DetectConfig = Field(default_factory=DetectConfig)
     anonymize: AnonymizeConfig = Field(default_factory=AnonymizeConfig)
+    latent: LatentConfig = Field(default_factory=LatentConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     run: RunConfig = Field(default_factory=RunConfig)
@@ -170,6 +212,16 @@ class Manifest(_Section):
         src, out = self.input.uri.rstrip("/"), self.output.uri.rstrip("/")
         if src == out:
             raise ValueError("output.uri must differ from input.uri (outputs would overwrite or hide the inputs)")
+        if self.anonymize.method in DP_METHODS:
+            missing = [f"privacy.{k}" for k in ("ledger", "max_epsilon") if getattr(self.privacy, k) is None]
+            if missing:
+                raise ValueError(f"{' and '.join(missing)} required for method {self.anonymize.method}: "
+                                 "every noisy release is charged to a per-subject budget")
+            p = self.anonymize.params
+            if p["mechanism"] == "gaussian" and self.privacy.max_delta < p["delta"]:
+                raise ValueError("privacy.max_delta must be >= anonymize.params.delta for the gaussian mechanism")
+            if p["epsilon"] > self.privacy.max_epsilon:
+                raise ValueError("anonymize.params.epsilon exceeds privacy.max_epsilon: no face could ever be released")
         if self.output.quarantine_uri is None and _is_bucket_root(out):
             raise ValueError(
                 f"output.quarantine_uri must be set when output.uri is a bucket root ({self.output.uri}): "

@@ -6,6 +6,7 @@ import os
 
 import dlib
 
+from deid.anonymize.params import LATENT_METHODS
 from deid.config.schema import Manifest
 from deid.faces.models import dlib_model_path, file_sha256
 
@@ -29,4 +30,9 @@ def model_fingerprints(manifest: Manifest) -> list[dict]:
         out.append({"name": "dlib-shape68", "sha256": file_sha256(dlib_model_path("dlib-shape68"))})
     if manifest.checks.enabled:
         out.append({"name": "dlib-resnet128", "sha256": file_sha256(dlib_model_path("dlib-resnet128"))})
+    if manifest.anonymize.method in LATENT_METHODS:
+        from deid.latent import load_latent_model
+
+        model = load_latent_model(manifest.latent.spec())
+        out.append({"name": f"latent:{model.name}", "sha256": model.fingerprint})
     return out

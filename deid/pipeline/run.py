@@ -9,6 +9,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deid import __version__
+from deid.anonymize.params import DP_METHODS
 from deid.audit.schema import AUDIT_SCHEMA, STATUSES
 from deid.audit.writer import AuditWriter
 from deid.config.schema import Manifest
@@ -126,7 +128,7 @@ def _pool_size(manifest: Manifest, ray) -> int:
     return max(1, int(res.get("CPU", 1)))
 
 
-def _ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext):
+def _ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None):
     """Yield audit tables from the Ray Data plan as actors finish batches."""
     ray = _init_ray(manifest)
     import ray.data
@@ -148,7 +150,7 @@ def _ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext):
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(
         ProcessRecords,
-        fn_constructor_kwargs={"manifest": manifest.model_dump(mode="json"), "ctx": ctx.__dict__},
+        fn_constructor_kwargs={"manifest": manifest.model_dump(mode="json"), "ctx": ctx.__dict__, "budget": budget},
         batch_size=bs,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=actors),
@@ -159,9 +161,9 @@ def _ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext):
         yield batch
 
 
-def _inline_results(manifest: Manifest, plan: pa.Table, ctx: RunContext):
+def _inline_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None):
     """The same stage, in this process, without Ray (benchmark baseline, debugging)."""
-    stage = ProcessRecords(manifest.model_dump(mode="json"), ctx.__dict__)
+    stage = ProcessRecords(manifest.model_dump(mode="json"), ctx.__dict__, budget)
     bs = manifest.run.batch_size
     for i in range(0, plan.num_rows, bs):
         yield stage(plan.slice(i, bs))
@@ -178,18 +180,27 @@ def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = 
     ctx = RunContext(run_id=run_id, config_sha256=manifest.config_sha256(), naming_key_id=planned.naming_key_id,
                      model_fingerprints=model_fingerprints(manifest))
     writer = AuditWriter(manifest.audit_uri, run_id, manifest.audit.storage_options)
-    if planned.refused:
-        writer.add(pa.Table.from_pylist([_driver_row(r, u, code, msg, ctx, manifest) for r, u, code, msg in planned.refused],
-                                        schema=AUDIT_SCHEMA))
+    counts: Counter = Counter()
+    budget = None
+    withheld: list[tuple[str, str, str, str]] = []
+    if manifest.anonymize.method in DP_METHODS:
+        budget = _budget_service(manifest, engine)
+        plan, withheld = _plan_budget(manifest, plan, budget)
+    else:
+        plan = plan.drop_columns(["subject"])  # names never leave the driver
+    driver_rows = [_driver_row(r, u, code, msg, ctx, manifest) for r, u, code, msg in planned.refused]
+    driver_rows += [_driver_row(r, u, None, msg, ctx, manifest, status="budget_exhausted") for r, u, _, msg in withheld]
+    if driver_rows:
+        writer.add(pa.Table.from_pylist(driver_rows, schema=AUDIT_SCHEMA))
+        counts.update(r["status"] for r in driver_rows)
     expected = set(plan.column("record_id").to_pylist())
     seen: set[str] = set()
-    counts: Counter = Counter()
 
     show = manifest.run.progress if progress is None else progress
     from tqdm import tqdm
 
     bar = tqdm(total=plan.num_rows, unit="rec", disable=not show, dynamic_ncols=True, desc="deid")
-    results = (_ray_results if engine == "ray" else _inline_results)(manifest, plan, ctx) if plan.num_rows else iter(())
+    results = (_ray_results if engine == "ray" else _inline_results)(manifest, plan, ctx, budget) if plan.num_rows else iter(())
     aborted: str | None = None
     tally = _Tally()
     try:
@@ -220,7 +231,7 @@ def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = 
         "run_id": run_id,
         "tool_version": __version__,
         "config_sha256": ctx.config_sha256,
-        "inputs": plan.num_rows + len(planned.refused),
+        "inputs": plan.num_rows + len(driver_rows),
         "audit_rows": writer.rows_written,
         "counts": {k: counts.get(k, 0) for k in STATUSES},
         "faces": n_faces,
@@ -269,18 +280,61 @@ def _consume(results, expected, seen, writer, counts, bar, on_batch, tally: _Tal
         bar.set_postfix({k: counts[k] for k in STATUSES if counts[k]}, refresh=False)
 
 
-def _driver_row(record_id: str, uri: str, code: str, message: str, ctx: RunContext, manifest: Manifest) -> dict:
-    """A ``failed`` row made on the driver for a record no worker answered for."""
+def _budget_service(manifest: Manifest, engine: str):
+    """The budget service (deid.privacy.service): a Ray actor pinned to this node, or a plain object."""
+    from deid.privacy.service import BudgetService
+
+    p = manifest.privacy
+    args = (p.ledger, p.max_epsilon, p.max_delta, p.subject_key_env, p.subject_key_file)
+    if engine != "ray":
+        return BudgetService(*args)
+    ray = _init_ray(manifest)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    actor = ray.remote(BudgetService).options(
+        num_cpus=0, max_concurrency=8, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+    ).remote(*args)
+    ray.get(actor.ping.remote())  # surface a bad ledger or a missing key before the run starts
+    return actor
+
+
+def _plan_budget(manifest: Manifest, plan: pa.Table, budget) -> tuple[pa.Table, list]:
+    """Replace subject names by keyed subject keys (names never leave the driver) and
+    withhold labeled records whose subject could not afford even one more release."""
+    from deid.anonymize import make_anonymizer
+    from deid.privacy.service import call
+
+    charge = dataclasses.asdict(make_anonymizer(manifest.anonymize.method, manifest.anonymize.params,
+                                                manifest.latent.spec()).charge())
+    names = plan.column("subject").to_pylist()
+    key_of = {s: call(budget, "labeled_key", s) for s in set(names) if s is not None}
+    broke = {k for k in key_of.values() if call(budget, "would_exceed", k, charge)}
+    keys = [key_of.get(s) if s is not None else None for s in names]
+    plan = plan.drop_columns(["subject"]).append_column("subject_key", pa.array(keys, pa.string()))
+    out = [i for i, k in enumerate(keys) if k in broke]
+    withheld = []
+    if out:
+        ids, uris = plan.column("record_id").to_pylist(), plan.column("uri").to_pylist()
+        withheld = [(ids[i], uris[i], "", f"{uris[i]}: withheld: the labeled subject's privacy budget "
+                     f"(privacy.max_epsilon={manifest.privacy.max_epsilon}) cannot afford another release; "
+                     "not processed, nothing charged") for i in out]
+        drop = set(out)
+        plan = plan.filter(pa.array([i not in drop for i in range(plan.num_rows)]))
+    return plan, withheld
+
+
+def _driver_row(record_id: str, uri: str, code: str | None, message: str, ctx: RunContext, manifest: Manifest,
+                status: str = "failed") -> dict:
+    """A row made on the driver for a record no worker processes (refused, withheld or lost)."""
     import datetime as _dt
     import json
 
-    from deid.anonymize import make_anonymizer
-
     row = {name: None for name in AUDIT_SCHEMA.names}
     row.update(
-        run_id=ctx.run_id, record_id=record_id, input_uri=uri, status="failed", error_code=code, error=message,
+        run_id=ctx.run_id, record_id=record_id, input_uri=uri, status=status, error_code=code, error=message,
         method=manifest.anonymize.method, params_json=json.dumps(manifest.anonymize.params, sort_keys=True),
-        dp_scope=make_anonymizer(manifest.anonymize.method, manifest.anonymize.params).dp_scope,
+        dp_scope="none" if manifest.anonymize.method not in DP_METHODS else None,
         processed_at=_dt.datetime.now(_dt.timezone.utc), tool_version=__version__,
         config_sha256=ctx.config_sha256, naming_key_id=ctx.naming_key_id, model_fingerprints=ctx.model_fingerprints,
     )

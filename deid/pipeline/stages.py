@@ -9,6 +9,7 @@ output_stem``. Output: one audit row per input row (``deid.audit.schema``), keye
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import time
@@ -20,13 +21,14 @@ import numpy as np
 import pyarrow as pa
 
 from deid import __version__
-from deid.anonymize import make_anonymizer
+from deid.anonymize import DP_METHODS, make_anonymizer
 from deid.audit.check import IdentityChecker
 from deid.audit.schema import AUDIT_SCHEMA
 from deid.config.schema import Manifest
 from deid.faces import make_detector
 from deid.io.decode import DecodeError, decode_image, sha256_hex
 from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, resolve_format
+from deid.privacy.service import call
 
 
 @dataclass
@@ -39,16 +41,37 @@ class RunContext:
     model_fingerprints: list[dict] = field(default_factory=list)
 
 
+def _face_row(face, fact, chk, spent_after) -> dict:
+    return {
+        "box": list(face.box),
+        "det_score": face.score,
+        "id_distance": None if chk is None else chk.id_distance,
+        "still_detected": None if chk is None else chk.still_detected,
+        "passed": None if chk is None else chk.passed,
+        "epsilon": None if fact is None else fact.epsilon,
+        "delta": None if fact is None else fact.delta,
+        "mechanism": None if fact is None else fact.mechanism,
+        "sensitivity": None if fact is None else fact.sensitivity,
+        "noise_scale": None if fact is None else fact.noise_scale,
+        "subject_spent_after": spent_after,
+    }
+
+
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 3)
 
 
 class ProcessRecords:
-    def __init__(self, manifest: dict, ctx: dict):
+    def __init__(self, manifest: dict, ctx: dict, budget=None):
         self.m = Manifest.model_validate(manifest)
         self.ctx = RunContext(**ctx)
         self.detector = make_detector(self.m.detect)
-        self.anonymizer = make_anonymizer(self.m.anonymize.method, self.m.anonymize.params)
+        self.anonymizer = make_anonymizer(self.m.anonymize.method, self.m.anonymize.params, self.m.latent.spec())
+        self.dp = self.m.anonymize.method in DP_METHODS
+        if self.dp and budget is None:
+            raise ValueError(f"method {self.m.anonymize.method} needs the budget service")
+        self.budget = budget
+        self.charge = dataclasses.asdict(self.anonymizer.charge()) if self.dp else None
         self.checker = None
         if self.m.checks.enabled:
             from deid.faces.dlib_backend import DlibEmbedder
@@ -66,9 +89,10 @@ class ProcessRecords:
     # ------------------------------------------------------------------ batch API
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
         cols = batch.to_pydict() if isinstance(batch, pa.Table) else {k: list(v) for k, v in batch.items()}
+        keys = cols.get("subject_key") or [None] * len(cols["record_id"])
         rows = [
-            self.process_one(rid, uri, name)
-            for rid, uri, name in zip(cols["record_id"], cols["uri"], cols["output_stem"])
+            self.process_one(rid, uri, name, key)
+            for rid, uri, name, key in zip(cols["record_id"], cols["uri"], cols["output_stem"], keys)
         ]
         return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
 
@@ -93,6 +117,7 @@ class ProcessRecords:
             "method": self.anonymizer.name,
             "params_json": self.params_json,
             "dp_scope": self.anonymizer.dp_scope,
+            "dp_test_mode": None,
             "min_id_distance": None,
             "timings": {},
             "processed_at": None,
@@ -102,11 +127,12 @@ class ProcessRecords:
             "model_fingerprints": self.ctx.model_fingerprints,
         }
 
-    def process_one(self, record_id: str, uri: str, output_stem: str) -> dict:
+    def process_one(self, record_id: str, uri: str, output_stem: str, subject_key: str | None = None) -> dict:
         row = self._row(record_id, uri)
         timings = row["timings"]
+        self._token = None
         try:
-            self._process(row, timings, uri, output_stem)
+            self._process(row, timings, uri, output_stem, subject_key)
         except Exception as exc:  # noqa: BLE001 - a record never takes the batch down
             row["status"] = "failed"
             row["error_code"] = "internal_error"
@@ -114,6 +140,10 @@ class ProcessRecords:
             where = f" at {tb[-1].name}" if tb else ""
             row["error"] = f"{uri}: unexpected {type(exc).__name__}{where}: {exc}"
             row["output_uri"] = row["output_sha256"] = None
+        finally:
+            if self._token is not None:  # noise was drawn: the charge stands, whatever happened next
+                call(self.budget, "commit", self._token)
+                self._token = None
         row["processed_at"] = _dt.datetime.now(_dt.timezone.utc)
         return row
 
@@ -122,7 +152,7 @@ class ProcessRecords:
         row["error_code"] = code
         row["error"] = message
 
-    def _process(self, row: dict, timings: dict, uri: str, output_stem: str) -> None:
+    def _process(self, row: dict, timings: dict, uri: str, output_stem: str, subject_key: str | None) -> None:
         # read
         t = time.perf_counter()
         try:
@@ -162,32 +192,35 @@ class ProcessRecords:
         timings["detect_ms"] = _ms(t)
         row["n_faces"] = len(faces)
 
+        # budget: reserve every face's charge before any noise is drawn
+        spent_after = [None] * len(faces)
+        if self.dp and faces:
+            res = call(self.budget, "reserve", self.ctx.run_id, row["record_id"], subject_key, img.sha256,
+                       [f.box for f in faces], self.charge)
+            if not res["ok"]:
+                row["status"] = "budget_exhausted"
+                row["error"] = f"{uri}: {res['reason']}; not processed, nothing charged"
+                row["faces"] = [_face_row(f, None, None, None) for f in faces]
+                return None
+            spent_after = res["spent_after"]
+
         # anonymize
         t = time.perf_counter()
+        if self.dp and faces:
+            self._token = res["token"]  # from here on the draw is charged
         out, facts = self.anonymizer(rgb, faces, self.rng) if faces else (rgb, [])
         timings["anonymize_ms"] = _ms(t)
+        if self.dp:
+            row["dp_test_mode"] = any(f.test_mode for f in facts)
+        if facts:
+            row["dp_scope"] = facts[0].dp_scope
 
         # check
         t = time.perf_counter()
         checks = self.checker.check(rgb, out, faces) if (self.checker and faces) else [None] * len(faces)
         timings["check_ms"] = _ms(t)
 
-        face_rows = []
-        for face, fact, chk in zip(faces, facts, checks):
-            face_rows.append({
-                "box": list(face.box),
-                "det_score": face.score,
-                "id_distance": None if chk is None else chk.id_distance,
-                "still_detected": None if chk is None else chk.still_detected,
-                "passed": None if chk is None else chk.passed,
-                "epsilon": fact.epsilon,
-                "delta": fact.delta,
-                "mechanism": fact.mechanism,
-                "sensitivity": fact.sensitivity,
-                "noise_scale": fact.noise_scale,
-                "subject_spent_after": None,
-            })
-        row["faces"] = face_rows
+        row["faces"] = [_face_row(face, fact, chk, spent) for face, fact, chk, spent in zip(faces, facts, checks, spent_after)]
         dists = [c.id_distance for c in checks if c is not None]
         row["min_id_distance"] = min(dists) if dists else None
 

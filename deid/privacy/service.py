@@ -1,0 +1,74 @@
+"""The budget service: the one place a run talks to the ledger and holds the subject-key secret.
+
+Under Ray it runs as a single actor pinned to the driver's node, so neither the ledger's
+credentials nor the HMAC secret travel to workers; workers send it plain facts (a
+labeled subject key computed on the driver, or the input's sha256 and the face box for an
+unlabeled face) and get back a reservation token. Without Ray it is a plain object.
+
+Contract: :meth:`reserve` is called after detection and before any noise is drawn;
+:meth:`commit` after the record's output is written (or right away when the record is
+dropped: every draw is charged, released or not). A refused reservation means no noise
+is drawn and the record is ``budget_exhausted``.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+
+class BudgetService:
+    def __init__(self, ledger: str, max_epsilon: float, max_delta: float, key_env: str, key_file: str | None):
+        from deid.privacy.keys import SubjectKeyer, load_secret
+        from deid.privacy.ledger import Ledger
+
+        self._keyer = SubjectKeyer(load_secret(key_env, key_file))
+        self._ledger = Ledger.open(ledger, max_epsilon=max_epsilon, max_delta=max_delta)
+        self._open: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, run_id: str, record_id: str, subject_key: str | None, input_sha256: str,
+                boxes: list[tuple[int, int, int, int]], charge: dict) -> dict:
+        """Reserve one charge per face. Labeled records charge every face to the labeled
+        subject (conservative: the label may name any of them); unlabeled faces are charged
+        to a key derived from the source content (same source face -> same key)."""
+        from deid.privacy.accountant import Charge
+
+        c = Charge(**charge)
+        keys = [subject_key or self._keyer.from_content(input_sha256, tuple(int(v) for v in b)) for b in boxes]
+        with self._lock:
+            res = self._ledger.reserve(run_id, record_id, [(k, c) for k in keys])
+            if not res.ok:
+                return {"ok": False, "token": None, "spent_after": None,
+                        "reason": f"subject budget exhausted ({len(res.exceeded)} subject(s) would exceed the cap)"}
+            token = uuid.uuid4().hex
+            self._open[token] = res
+            return {"ok": True, "token": token, "spent_after": list(res.face_spent_after), "reason": None}
+
+    def commit(self, token: str) -> None:
+        with self._lock:
+            res = self._open.pop(token)
+            self._ledger.commit(res)
+
+    def labeled_key(self, subject: str) -> str:
+        return self._keyer.labeled(subject)
+
+    def would_exceed(self, subject_key: str, charge: dict) -> bool:
+        from deid.privacy.accountant import Charge, would_exceed
+
+        with self._lock:
+            hist = self._ledger.history(subject_key)
+        return would_exceed(hist, [Charge(**charge)], self._ledger.max_epsilon, self._ledger.max_delta)
+
+    def ping(self) -> bool:
+        return True
+
+
+def call(service, method: str, *args):
+    """Call a service method on a plain object or a Ray actor handle alike."""
+    fn = getattr(service, method)
+    if hasattr(fn, "remote"):
+        import ray
+
+        return ray.get(fn.remote(*args))
+    return fn(*args)
