@@ -10,10 +10,12 @@ import typer
 
 from deid import __version__
 from deid.cli.budget import app as budget_app
+from deid.cli.latent import latent_app
 from deid.config import ManifestError, load_manifest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="De-identify face image datasets, with an audit row for every record.")
 app.add_typer(budget_app, name="budget")
+app.add_typer(latent_app, name="latent")
 
 
 def _load(manifest: Path):

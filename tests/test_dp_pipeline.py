@@ -1,0 +1,143 @@
+"""DP-Image and DeepBlur through the pipeline: charges, budgets, audit facts, trends."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import LFW, base_manifest, lfw_images
+from deid.config import ManifestError, manifest_from_dict
+from deid.pipeline import run_job
+
+SECRET = "0123456789abcdef0123456789abcdef-test-secret"
+
+
+@pytest.fixture
+def dp_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEID_SUBJECT_KEY", SECRET)
+    return tmp_path / "ledger.sqlite"
+
+
+def _dp(inp, tmp, ledger, eps=8.0, cap=100.0, subjects=None, **params):
+    sections = {
+        "anonymize": {"method": "dp-image", "params": {"epsilon": eps, **params}},
+        "privacy": {"ledger": str(ledger), "max_epsilon": cap},
+        "checks": {"on_fail": "keep", "no_face": "keep"},
+    }
+    if subjects:
+        sections["input"] = {"subjects": str(subjects)}
+    m = manifest_from_dict(base_manifest(inp, tmp, **sections))
+    res = run_job(m, engine="inline", progress=False)
+    return res, pd.read_parquet(res.records_uri).query("run_id == @res.run_id")
+
+
+def _copy_lfw(dst: Path, n: int | None = None) -> Path:
+    for p in lfw_images()[:n]:
+        (dst / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dst / p.parent.name / p.name)
+    return dst
+
+
+def test_dp_manifest_needs_a_ledger_and_a_cap():
+    with pytest.raises(ManifestError) as exc:
+        manifest_from_dict({"input": {"uri": "/a"}, "output": {"uri": "/b"}, "anonymize": {"method": "dp-image"}})
+    assert "privacy.ledger and privacy.max_epsilon required" in str(exc.value)
+    with pytest.raises(ManifestError, match="exceeds privacy.max_epsilon"):
+        manifest_from_dict({"input": {"uri": "/a"}, "output": {"uri": "/b"},
+                            "anonymize": {"method": "dp-image", "params": {"epsilon": 5}},
+                            "privacy": {"ledger": "/l.sqlite", "max_epsilon": 2}})
+
+
+def test_every_release_is_charged_and_audited(tmp_path, dp_env):
+    inp = _copy_lfw(tmp_path / "in", 4)
+    res, df = _dp(inp, tmp_path, dp_env, eps=8.0)
+    assert (df.status == "released").all() and df.n_faces.eq(1).all()
+    assert (df.dp_scope == "face-latent").all() and not df.dp_test_mode.any()
+    faces = [f for fs in df.faces for f in fs]
+    for f in faces:
+        assert f["mechanism"] == "laplace" and f["epsilon"] == pytest.approx(8.0) and f["delta"] == 0
+        assert f["noise_scale"] == pytest.approx(f["sensitivity"] / 8.0)
+        assert f["subject_spent_after"] == pytest.approx(8.0)  # each unlabeled source face: its own key
+    names = {fp["name"] for fp in df.model_fingerprints.iloc[0]}
+    assert any(n.startswith("latent:") for n in names)
+    # the ledger holds exactly one committed charge per face
+    from deid.privacy.ledger import Ledger
+
+    with Ledger.open(str(dp_env)) as led:
+        rows = led.summary()
+    assert len(rows) == len(faces) and all(r.n_reserved_uncommitted == 0 for r in rows)
+    assert sum(r.n_charges for r in rows) == len(faces)
+    # re-releasing the same sources charges the same keys again
+    _, df2 = _dp(inp, tmp_path / "again", dp_env, eps=8.0)
+    assert [f["subject_spent_after"] for fs in df2.faces for f in fs] == pytest.approx([16.0] * len(faces))
+
+
+def test_budget_exhaustion_withholds_exactly_the_right_records(tmp_path, dp_env):
+    inp = _copy_lfw(tmp_path / "in")  # 4 subjects x 3 photos, labeled by subjects.csv
+    subjects = LFW / "subjects.csv"
+    # cap = two releases per subject: the third photo of each subject must be refused
+    res, df = _dp(inp, tmp_path / "r1", dp_env, eps=4.0, cap=8.0, subjects=subjects)
+    df["subject"] = [Path(u).parent.name for u in df.input_uri]
+    per = df.groupby("subject").status.apply(lambda s: sorted(s.tolist()))
+    assert all(v == ["budget_exhausted", "released", "released"] for v in per), per
+    exhausted = df[df.status == "budget_exhausted"]
+    assert exhausted.output_uri.isna().all() and all("nothing charged" in e for e in exhausted.error)
+    assert res.summary["counts"]["budget_exhausted"] == 4
+    # a second run: every labeled subject is spent, so the planner withholds all 12 up front
+    res2, df2 = _dp(inp, tmp_path / "r2", dp_env, eps=4.0, cap=8.0, subjects=subjects)
+    assert (df2.status == "budget_exhausted").all() and len(df2) == 12
+    assert all("withheld" in e for e in df2.error)
+    # the audit never holds names: no subject name appears anywhere in it
+    audit = pd.read_parquet(res.records_uri).drop(columns=["input_uri", "error"])  # these name the file
+    blob = audit.to_json(date_format="iso")
+    for name in ("Andre_Agassi", "Celine_Dion", "Hamid_Karzai", "Venus_Williams"):
+        assert name not in blob
+
+
+def test_test_mode_is_deterministic_and_marked(tmp_path, dp_env):
+    inp = _copy_lfw(tmp_path / "in", 2)
+    kw = dict(eps=50.0, cap=1000.0)
+    _, a = _dp(inp, tmp_path / "a", dp_env, test_seed=7, **kw)
+    _, b = _dp(inp, tmp_path / "b", dp_env, test_seed=7, **kw)
+    assert a.dp_test_mode.all() and (a.status == "released").all()
+    assert sorted(a.output_sha256) == sorted(b.output_sha256)
+    _, c = _dp(inp, tmp_path / "c", dp_env, **kw)
+    _, d = _dp(inp, tmp_path / "d", dp_env, **kw)
+    assert (c.status == "released").all() and (d.status == "released").all()
+    assert not c.dp_test_mode.any() and set(c.output_sha256).isdisjoint(d.output_sha256)
+
+
+def _distances(method: str, params: dict, tmp_path: Path, monkeypatch) -> float:
+    from deid.anonymize import make_anonymizer
+    from deid.audit.check import IdentityChecker
+    from deid.faces.dlib_backend import DlibDetector, DlibEmbedder
+
+    det = DlibDetector()
+    chk = IdentityChecker(DlibEmbedder(), det)
+    anon = make_anonymizer(method, params, None)
+    out = []
+    for p in lfw_images():
+        img = np.asarray(Image.open(p).convert("RGB"))
+        faces = det.detect(img)
+        edited, _ = anon(img, faces, np.random.default_rng(0))
+        out.append(chk.check(img, edited, faces)[0].id_distance)
+    return float(np.mean(out))
+
+
+def test_identity_distance_rises_as_epsilon_falls(tmp_path, monkeypatch):
+    eps = [1e5, 1e4, 1e3, 10.0]
+    d = [_distances("dp-image", {"epsilon": e, "test_seed": 1}, tmp_path, monkeypatch) for e in eps]
+    assert all(b >= a - 0.02 for a, b in zip(d, d[1:])), d  # monotone up to noise
+    assert d[-1] > d[0] + 0.15, d
+
+
+def test_identity_distance_rises_with_deepblur_sigma(tmp_path, monkeypatch):
+    sig = [0.25, 2.0, 8.0, 1000.0]
+    d = [_distances("deepblur", {"sigma": s}, tmp_path, monkeypatch) for s in sig]
+    assert all(b >= a - 0.02 for a, b in zip(d, d[1:])), d
+    assert d[-1] > d[0] + 0.1, d
