@@ -141,3 +141,24 @@ def test_identity_distance_rises_with_deepblur_sigma(tmp_path, monkeypatch):
     d = [_distances("deepblur", {"sigma": s}, tmp_path, monkeypatch) for s in sig]
     assert all(b >= a - 0.02 for a, b in zip(d, d[1:])), d
     assert d[-1] > d[0] + 0.1, d
+
+
+def test_dry_run_plans_and_charges_nothing(tmp_path, dp_env):
+    from deid.pipeline import dry_run
+    from deid.privacy.ledger import Ledger
+
+    inp = _copy_lfw(tmp_path / "in")
+    m = manifest_from_dict(base_manifest(inp, tmp_path, input={"subjects": str(LFW / "subjects.csv")},
+                                         anonymize={"method": "dp-image", "params": {"epsilon": 4.0}},
+                                         privacy={"ledger": str(dp_env), "max_epsilon": 8.0}))
+    plan = dry_run(m)
+    assert not dp_env.exists()  # a dry run creates no ledger
+    assert plan["labeled_subjects"] == 4 and plan["labeled_records"] == 12
+    assert plan["subjects_exhausted_by_this_run"] == 4 and plan["labeled_records_withheld"] == 4
+    run_job(m, engine="inline", progress=False)
+    with Ledger.open(str(dp_env)) as led:
+        before = [(r.subject_key, r.n_charges) for r in led.summary()]
+    plan = dry_run(m)
+    assert plan["labeled_records_withheld"] == 12
+    with Ledger.open(str(dp_env)) as led:
+        assert [(r.subject_key, r.n_charges) for r in led.summary()] == before

@@ -40,12 +40,26 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
     inline: bool = typer.Option(False, "--inline", help="run in this process without Ray (debugging)"),
     json_summary: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    dry: bool = typer.Option(False, "--dry-run", help="print the plan (records, budgets); process and charge nothing"),
 ) -> None:
     """Run a job: anonymize every input, write outputs and the audit manifest."""
     from deid.io.listing import ListingError
-    from deid.pipeline import RunError, run_job
+    from deid.pipeline import RunError, dry_run, run_job
 
     m = _load(manifest)
+    if dry:
+        try:
+            plan = dry_run(m)
+        except (ListingError, RunError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        width = max(len(k) for k in plan)
+        typer.echo("dry run: nothing processed, nothing charged")
+        for k, v in plan.items():
+            typer.echo(f"  {k.replace('_', ' '):<{width}}  {v}")
+        if "unlabeled_records" in plan:
+            typer.echo("  (faces are counted at detection: each detected face is one charge)")
+        return
     try:
         result = run_job(m, engine="inline" if inline else "ray", progress=False if no_progress else None)
     except (ListingError, RunError) as exc:

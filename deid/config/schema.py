@@ -162,6 +162,15 @@ class PrivacyConfig(_Section):
     max_delta: float = Field(0.0, ge=0.0, lt=1.0, description="cap per subject on delta (gaussian releases need > 0)")
     subject_key_env: str = Field("DEID_SUBJECT_KEY", description="env var with the secret for subject keys (HMAC)")
     subject_key_file: str | None = Field(None, description="file with that secret (deid budget init-key PATH makes one)")
+    create_subject_key: bool = Field(
+        False, description="create subject_key_file (0600) if it does not exist; for demos: losing the file orphans every budget"
+    )
+
+    @model_validator(mode="after")
+    def _create_needs_file(self) -> "PrivacyConfig":
+        if self.create_subject_key and not self.subject_key_file:
+            raise ValueError("create_subject_key needs subject_key_file")
+        return self
 
 
 class ChecksConfig(_Section):

@@ -241,7 +241,7 @@ def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = 
             "n": len(distances),
         },
         "wall_seconds": round(wall, 3),
-        "records_per_second": round(plan.num_rows / wall, 3) if wall > 0 else None,
+        "records_per_second": round((plan.num_rows + len(driver_rows)) / wall, 3) if wall > 0 else None,
         "engine": engine,
         "aborted": aborted,
         "output_uri": manifest.output.uri,
@@ -280,12 +280,62 @@ def _consume(results, expected, seen, writer, counts, bar, on_batch, tally: _Tal
         bar.set_postfix({k: counts[k] for k in STATUSES if counts[k]}, refresh=False)
 
 
+def dry_run(manifest: Manifest) -> dict:
+    """What a run would do, without processing or charging anything: records, refusals,
+    and for DP methods the per-subject budget picture (one charge per face; labeled
+    subjects are assumed to have one face per record, unlabeled faces are charged to
+    their own content keys). Opens no ledger that does not exist yet."""
+    planned = plan_records(manifest)
+    plan = planned.records
+    out = {"records": plan.num_rows + len(planned.refused), "to_process": plan.num_rows,
+           "refused": len(planned.refused), "method": manifest.anonymize.method,
+           "output_uri": manifest.output.uri, "audit_uri": manifest.audit_uri}
+    if manifest.anonymize.method not in DP_METHODS:
+        return out
+    from collections import Counter as _Counter
+
+    from deid.anonymize import make_anonymizer
+    from deid.privacy.accountant import would_exceed
+    from deid.privacy.keys import SubjectKeyer, load_secret
+
+    charge = make_anonymizer(manifest.anonymize.method, manifest.anonymize.params, manifest.latent.spec()).charge()
+    p = manifest.privacy
+    names = plan.column("subject").to_pylist()
+    per_subject = _Counter(n for n in names if n is not None)
+    history: dict[str, list] = {}
+    ledger_exists = "://" in p.ledger or os.path.exists(p.ledger)
+    if ledger_exists and per_subject:
+        from deid.privacy.ledger import Ledger
+
+        keyer = SubjectKeyer(load_secret(p.subject_key_env, p.subject_key_file))
+        with Ledger.open(p.ledger, p.max_epsilon, p.max_delta, create=False) as led:
+            history = {s: led.history(keyer.labeled(s)) for s in per_subject}
+    exhausted = 0
+    withheld = 0
+    for s, n in per_subject.items():
+        hist = list(history.get(s, []))
+        fits = 0
+        while fits < n and not would_exceed(hist, [charge] * (fits + 1), p.max_epsilon, p.max_delta):
+            fits += 1
+        if fits < n:
+            exhausted += 1
+            withheld += n - fits
+    out.update({
+        "epsilon_per_face": charge.epsilon, "delta_per_face": charge.delta, "mechanism": charge.mechanism,
+        "max_epsilon": p.max_epsilon, "ledger": p.ledger, "ledger_exists": ledger_exists,
+        "labeled_records": sum(per_subject.values()), "labeled_subjects": len(per_subject),
+        "unlabeled_records": sum(1 for n in names if n is None),
+        "subjects_exhausted_by_this_run": exhausted, "labeled_records_withheld": withheld,
+    })
+    return out
+
+
 def _budget_service(manifest: Manifest, engine: str):
     """The budget service (deid.privacy.service): a Ray actor pinned to this node, or a plain object."""
     from deid.privacy.service import BudgetService
 
     p = manifest.privacy
-    args = (p.ledger, p.max_epsilon, p.max_delta, p.subject_key_env, p.subject_key_file)
+    args = (p.ledger, p.max_epsilon, p.max_delta, p.subject_key_env, p.subject_key_file, p.create_subject_key)
     if engine != "ray":
         return BudgetService(*args)
     ray = _init_ray(manifest)

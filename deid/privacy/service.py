@@ -18,10 +18,15 @@ import uuid
 
 
 class BudgetService:
-    def __init__(self, ledger: str, max_epsilon: float, max_delta: float, key_env: str, key_file: str | None):
-        from deid.privacy.keys import SubjectKeyer, load_secret
+    def __init__(self, ledger: str, max_epsilon: float, max_delta: float, key_env: str, key_file: str | None,
+                 create_key: bool = False):
+        import os
+
+        from deid.privacy.keys import SubjectKeyer, load_secret, write_new_secret
         from deid.privacy.ledger import Ledger
 
+        if create_key and key_file and not os.environ.get(key_env, "").strip() and not os.path.exists(key_file):
+            write_new_secret(key_file)
         self._keyer = SubjectKeyer(load_secret(key_env, key_file))
         self._ledger = Ledger.open(ledger, max_epsilon=max_epsilon, max_delta=max_delta)
         self._open: dict[str, object] = {}
