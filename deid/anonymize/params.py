@@ -61,7 +61,7 @@ class _LatentParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    feather: float = Field(0.08, ge=0.0, le=0.5, description="soft edge of the face oval, fraction of the crop")
+    feather: float = Field(0.06, ge=0.0, le=0.5, description="soft edge of the face oval, fraction of the crop")
 
 
 class DPImageParams(_LatentParams):

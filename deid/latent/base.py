@@ -8,7 +8,8 @@ Contract (every backend: ``pca``, ``torchscript``, ...):
   model's domain. ``layout`` must match the detector's landmark layout (``face.landmark_layout``).
 * ``encode(crops)``: ``uint8 [n, crop_size, crop_size, 3]`` RGB -> ``float64 [n, dim]``.
   ``decode(z)``: ``[n, dim]`` (any real dtype) -> ``uint8 [n, crop_size, crop_size, 3]``.
-  Both are deterministic and batch-independent (row i of the output depends on row i only).
+  Both are deterministic and batch-independent: row i of the output depends on row i of the
+  input only (up to floating-point rounding, which may differ with the batch size).
   ``n == 0`` is allowed and returns empty arrays of the right shape.
 * ``lower`` / ``upper`` (``float64 [dim]``, ``lower < upper``) are the **public** clip bounds:
   a DP mechanism clips codes to them before adding noise, so its sensitivity is a property of
@@ -45,7 +46,7 @@ import numpy as np
 # that takes dlib5's eye centres to arcface5's (approximate: a different point set).
 FACE_OVALS: dict[str, tuple[float, float, float, float]] = {
     "dlib5": (0.5, 0.55, 0.40, 0.42),
-    "arcface5": (0.5, 0.683, 0.362, 0.389),
+    "arcface5": (0.5, 0.674, 0.361, 0.379),
 }
 
 
