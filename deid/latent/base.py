@@ -119,21 +119,28 @@ class LatentModel(abc.ABC):
     @abc.abstractmethod
     def dim(self) -> int: ...
 
-    @property
-    @abc.abstractmethod
-    def lower(self) -> np.ndarray: ...
+    # Public bounds and statistics: backends set ``_lower``, ``_upper``, ``_mean``, ``_std``
+    # (float64 [dim]) when they load.
+    _lower: np.ndarray
+    _upper: np.ndarray
+    _mean: np.ndarray
+    _std: np.ndarray
 
     @property
-    @abc.abstractmethod
-    def upper(self) -> np.ndarray: ...
+    def lower(self) -> np.ndarray:
+        return self._lower
 
     @property
-    @abc.abstractmethod
-    def mean(self) -> np.ndarray: ...
+    def upper(self) -> np.ndarray:
+        return self._upper
 
     @property
-    @abc.abstractmethod
-    def std(self) -> np.ndarray: ...
+    def mean(self) -> np.ndarray:
+        return self._mean
+
+    @property
+    def std(self) -> np.ndarray:
+        return self._std
 
     @property
     @abc.abstractmethod

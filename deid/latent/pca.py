@@ -99,7 +99,7 @@ class PCALatentModel(LatentModel):
         if int(card.get("dim", k)) != k:
             raise ValueError(f"{self.name}: card says dim {card.get('dim')}, file has {k} components")
         self._lower, self._upper = arrs["lower"], arrs["upper"]
-        self._code_mean, self._code_std, self.var = arrs["code_mean"], arrs["code_std"], arrs["var"]
+        self._mean, self._std, self.var = arrs["code_mean"], arrs["code_std"], arrs["var"]
         self._data = data
         self._fp: str | None = None
 
@@ -107,22 +107,6 @@ class PCALatentModel(LatentModel):
     @property
     def dim(self) -> int:
         return int(self._comp.shape[0])
-
-    @property
-    def lower(self) -> np.ndarray:
-        return self._lower
-
-    @property
-    def upper(self) -> np.ndarray:
-        return self._upper
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self._code_mean
-
-    @property
-    def std(self) -> np.ndarray:
-        return self._code_std
 
     @property
     def card(self) -> dict[str, Any]:
@@ -173,7 +157,7 @@ class PCALatentModel(LatentModel):
         card["l1_sensitivity"] = float(np.sum(self._upper[:k] - self._lower[:k]))
         card["l2_sensitivity"] = float(np.linalg.norm(self._upper[:k] - self._lower[:k]))
         return PCALatentModel(mean_face=self._mean_face, components=self._components_stored[:k], lower=self._lower[:k],
-                              upper=self._upper[:k], code_mean=self._code_mean[:k], code_std=self._code_std[:k],
+                              upper=self._upper[:k], code_mean=self._mean[:k], code_std=self._std[:k],
                               var=self.var[:k], card=card)
 
     def to_bytes(self) -> bytes:
@@ -182,7 +166,7 @@ class PCALatentModel(LatentModel):
                 "mean": self._mean_face.astype(np.float32),
                 "components": self._components_stored,
                 "lower": self._lower, "upper": self._upper,
-                "code_mean": self._code_mean, "code_std": self._code_std, "var": self.var,
+                "code_mean": self._mean, "code_std": self._std, "var": self.var,
                 "card": np.frombuffer(json.dumps(self.card_data, sort_keys=True, indent=1).encode("utf-8"), dtype=np.uint8),
             })
         return self._data

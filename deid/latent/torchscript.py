@@ -151,22 +151,6 @@ class TorchScriptLatentModel(LatentModel):
         return int(len(self._lower))
 
     @property
-    def lower(self) -> np.ndarray:
-        return self._lower
-
-    @property
-    def upper(self) -> np.ndarray:
-        return self._upper
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self._mean
-
-    @property
-    def std(self) -> np.ndarray:
-        return self._std
-
-    @property
     def fingerprint(self) -> str:
         return self._fp
 
