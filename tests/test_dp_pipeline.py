@@ -162,3 +162,33 @@ def test_dry_run_plans_and_charges_nothing(tmp_path, dp_env):
     assert plan["labeled_records_withheld"] == 12
     with Ledger.open(str(dp_env)) as led:
         assert [(r.subject_key, r.n_charges) for r in led.summary()] == before
+
+
+def test_a_retried_record_is_charged_for_every_draw(tmp_path, dp_env):
+    """A task retried after its worker died draws noise again: the second draw is charged too."""
+    from deid.privacy.service import BudgetService
+
+    svc = BudgetService(str(dp_env), 10.0, 0.0, "DEID_SUBJECT_KEY", None)
+    charge = {"mechanism": "laplace", "epsilon": 1.0, "delta": 0.0, "sensitivity": 2.0, "noise_scale": 2.0}
+    first = svc.reserve("run-1", "rec-1", None, "ab" * 32, [(0, 0, 10, 10)], charge)
+    again = svc.reserve("run-1", "rec-1", None, "ab" * 32, [(0, 0, 10, 10)], charge)
+    assert first["ok"] and again["ok"]
+    assert first["spent_after"] == [1.0] and again["spent_after"] == [2.0]
+
+
+def test_latent_paste_back_only_touches_the_face_window():
+    from deid.anonymize import make_anonymizer
+    from deid.faces.dlib_backend import DlibDetector
+
+    from conftest import GROUP
+
+    img = np.asarray(Image.open(GROUP / "obama_and_biden.jpg").convert("RGB"))
+    faces = DlibDetector(max_side=1000).detect(img)
+    out, _ = make_anonymizer("deepblur", {"sigma": 1000}, None)(img, faces, None)
+    changed = np.any(out != img, axis=2)
+    ys, xs = np.nonzero(changed)
+    assert changed.any()
+    # every changed pixel lies near some face box
+    for y, x in zip(ys[::97], xs[::97]):
+        assert any(f.box[0] - f.width <= x <= f.box[2] + f.width and f.box[1] - f.height <= y <= f.box[3] + f.height
+                   for f in faces)

@@ -65,17 +65,33 @@ def face_mask(size: int, layout: str = "dlib5", scale: float = 1.0, feather: flo
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep
 
 
-def paste_back(rgb: np.ndarray, crop: np.ndarray, m: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Return a copy of ``rgb`` with ``crop`` (aligned by the 2x3 image->crop matrix ``m``)
-    blended in through ``mask`` (crop-space alpha, e.g. :func:`face_mask`)."""
+def paste_back(rgb: np.ndarray, crop: np.ndarray, m: np.ndarray, mask: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """``rgb`` with ``crop`` (aligned by the 2x3 image->crop matrix ``m``) blended in through
+    ``mask`` (crop-space alpha, e.g. :func:`face_mask`): a copy, or ``rgb`` itself with
+    ``inplace``. Only the window the crop lands on is warped and touched, so a face in a
+    large photo costs what the face costs."""
+    import cv2
+
     from deid.faces.align import warp_back
 
     h, w = rgb.shape[:2]
-    layer, cover = warp_back(crop, m, (h, w))
-    alpha, _ = warp_back(mask.astype(np.float32), m, (h, w))
+    out = rgb if inplace else np.array(rgb, copy=True)
+    s = crop.shape[0]
+    inv = cv2.invertAffineTransform(np.asarray(m, dtype=np.float64))
+    corners = np.array([[0, 0, 1], [s, 0, 1], [0, s, 1], [s, s, 1]], dtype=np.float64) @ inv.T
+    x0, y0 = (int(max(0, np.floor(v))) for v in corners.min(axis=0))
+    x1, y1 = int(min(w, np.ceil(corners[:, 0].max()) + 1)), int(min(h, np.ceil(corners[:, 1].max()) + 1))
+    if x1 <= x0 or y1 <= y0:
+        return out
+    mw = np.array(m, dtype=np.float64, copy=True)
+    mw[:, 2] += mw[:, :2] @ np.array([x0, y0], dtype=np.float64)  # window coords -> crop
+    layer, cover = warp_back(crop, mw, (y1 - y0, x1 - x0))
+    alpha, _ = warp_back(mask.astype(np.float32), mw, (y1 - y0, x1 - x0))
     a = (np.clip(alpha, 0.0, 1.0) * np.clip(cover, 0.0, 1.0))[..., None]
-    out = a * layer.astype(np.float32) + (1.0 - a) * rgb.astype(np.float32)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    win = out[y0:y1, x0:x1]
+    blended = a * layer.astype(np.float32) + (1.0 - a) * win.astype(np.float32)
+    win[...] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return out
 
 
 def read_uri(uri: str, storage_options: dict | None = None) -> bytes:

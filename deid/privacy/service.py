@@ -43,6 +43,13 @@ class BudgetService:
         keys = [subject_key or self._keyer.from_content(input_sha256, tuple(int(v) for v in b)) for b in boxes]
         with self._lock:
             res = self._ledger.reserve(run_id, record_id, [(k, c) for k in keys])
+            attempt = 1
+            while res.ok and res.replayed:
+                # The same record was reserved before in this run (a retried task): the
+                # earlier attempt may have drawn noise, and this one will draw again, so
+                # this draw is charged as a new release.
+                attempt += 1
+                res = self._ledger.reserve(run_id, f"{record_id}#attempt-{attempt}", [(k, c) for k in keys])
             if not res.ok:
                 return {"ok": False, "token": None, "spent_after": None,
                         "reason": f"subject budget exhausted ({len(res.exceeded)} subject(s) would exceed the cap)"}
