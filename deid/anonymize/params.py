@@ -37,7 +37,9 @@ class BlurParams(_Params):
     same setting hides a 40 px face and a 400 px face equally.
     """
 
-    strength: float = Field(0.12, gt=0.0, le=2.0, description="sigma / face size")
+    # Default by measurement (bench/sweep_defaults.py on lfw-public-ref, docs/benchmarks.md):
+    # the weakest strength whose pass rate at the check threshold reaches the solid-mask ceiling.
+    strength: float = Field(0.2, gt=0.0, le=2.0, description="sigma / face size")
 
 
 class PixelateParams(_Params):
