@@ -68,6 +68,8 @@ AUDIT_SCHEMA = pa.schema(
         ("processed_at", pa.timestamp("ms", tz="UTC")),
         ("tool_version", pa.string()),
         ("config_sha256", pa.string()),
+        ("job_sha256", pa.string()),         # manifest minus its run section: equal -> outputs interchangeable (resume)
+        ("resumed_from", pa.string()),       # skipped rows: the run whose row stands for this record
         ("naming_key_id", pa.string()),
         ("model_fingerprints", pa.list_(FINGERPRINT)),
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import fsspec
 import pyarrow as pa
@@ -20,8 +21,11 @@ from deid.io.write import atomic_write
 
 
 class AuditWriter:
-    def __init__(self, audit_uri: str, run_id: str, storage_options: dict | None = None, rows_per_part: int = 50_000):
+    def __init__(self, audit_uri: str, run_id: str, storage_options: dict | None = None, rows_per_part: int = 50_000,
+                 flush_seconds: float | None = None):
         self.audit_uri = audit_uri
+        self.flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
         self.run_id = run_id
         self.fs, self.root = fsspec.core.url_to_fs(audit_uri, **(storage_options or {}))
         self.rows_per_part = rows_per_part
@@ -39,10 +43,12 @@ class AuditWriter:
             return
         self._pending.append(table.select(AUDIT_SCHEMA.names).cast(AUDIT_SCHEMA))
         self._pending_rows += table.num_rows
-        if self._pending_rows >= self.rows_per_part:
+        if self._pending_rows >= self.rows_per_part or (
+                self.flush_seconds is not None and time.monotonic() - self._last_flush >= self.flush_seconds):
             self.flush()
 
     def flush(self) -> None:
+        self._last_flush = time.monotonic()
         if not self._pending:
             return
         table = pa.concat_tables(self._pending)

@@ -41,6 +41,9 @@ def run(
     inline: bool = typer.Option(False, "--inline", help="run in this process without Ray (debugging)"),
     json_summary: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     dry: bool = typer.Option(False, "--dry-run", help="print the plan (records, budgets); process and charge nothing"),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="skip records an earlier run of the same job committed (default); "
+                                     "--no-resume processes every input again"),
 ) -> None:
     """Run a job: anonymize every input, write outputs and the audit manifest."""
     from deid.io.listing import ListingError
@@ -61,7 +64,8 @@ def run(
             typer.echo("  (faces are counted at detection: each detected face is one charge)")
         return
     try:
-        result = run_job(m, engine="inline" if inline else "ray", progress=False if no_progress else None)
+        result = run_job(m, engine="inline" if inline else "ray", progress=False if no_progress else None,
+                         resume=resume)
     except (ListingError, RunError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -186,6 +186,8 @@ class ChecksConfig(_Section):
 class AuditConfig(_Section):
     uri: str | None = Field(None, description="default: <output.uri>/_audit/")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    flush_seconds: float = Field(15.0, gt=0, description="write a Parquet part at least this often: what a "
+                                 "killed run loses from its audit, and so redoes on resume")
 
     @field_validator("uri")
     @classmethod
@@ -199,6 +201,8 @@ class RunConfig(_Section):
     actors: int | None = Field(None, ge=1, description="actor pool size (default: one per CPU, or per GPU with gpus_per_actor)")
     batch_size: int = Field(8, ge=1, le=4096, description="records per batch handed to an actor")
     gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs each actor holds (fractions allowed)")
+    read_threads: int = Field(4, ge=1, le=64, description="inputs an actor reads at once within a batch "
+                              "(overlaps object-store latency; threads, not CPUs)")
     max_pixels: int = Field(64_000_000, ge=1, description="decode refuses images with more pixels (decompression bombs)")
     progress: bool = True
     object_store_memory: int | None = Field(None, ge=75 * 1024 * 1024, description="embedded Ray object store bytes")
@@ -250,6 +254,15 @@ class Manifest(_Section):
     def config_sha256(self) -> str:
         """Hash of the canonical, fully-defaulted manifest (what actually ran)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def job_sha256(self) -> str:
+        """Hash of what decides the outputs: the manifest without its ``run`` section
+        (actors, batch sizes, Ray address and progress do not change a record's result).
+        Resume treats audit rows with the same job hash as this run's own."""
+        d = self.model_dump(mode="json")
+        d.pop("run", None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

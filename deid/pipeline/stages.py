@@ -38,6 +38,7 @@ class RunContext:
     run_id: str
     config_sha256: str
     naming_key_id: str
+    job_sha256: str | None = None
     model_fingerprints: list[dict] = field(default_factory=list)
 
 
@@ -85,16 +86,50 @@ class ProcessRecords:
         self.q_fs, self.q_root = fsspec.core.url_to_fs(self.m.quarantine_uri, **self.m.output.storage_options)
         self.params_json = json.dumps(self.m.anonymize.params, sort_keys=True)
         self.rng = np.random.default_rng()  # OS entropy; classical methods do not use it
+        self.read_threads = self.m.run.read_threads
 
     # ------------------------------------------------------------------ batch API
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
         cols = batch.to_pydict() if isinstance(batch, pa.Table) else {k: list(v) for k, v in batch.items()}
-        keys = cols.get("subject_key") or [None] * len(cols["record_id"])
+        n = len(cols["record_id"])
+        keys = cols.get("subject_key") or [None] * n
+        stale = cols.get("stale") or [None] * n
+        data = self._read_all(cols["uri"])
         rows = [
-            self.process_one(rid, uri, name, key)
-            for rid, uri, name, key in zip(cols["record_id"], cols["uri"], cols["output_stem"], keys)
+            self.process_one(rid, uri, name, key, stale=old, data=blob)
+            for rid, uri, name, key, old, blob in zip(cols["record_id"], cols["uri"], cols["output_stem"], keys,
+                                                       stale, data)
         ]
         return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
+
+    def _read_all(self, uris: list[str]) -> list:
+        """Read a batch's inputs concurrently (object-store latency overlaps; no CPU taken
+        from other actors). Each item is the bytes, or the exception its read raised."""
+        def read(uri):
+            try:
+                with fsspec.open(uri, "rb", **self.in_opts) as f:
+                    return f.read()
+            except Exception as exc:  # noqa: BLE001 - reported per record by _process
+                return exc
+
+        if len(uris) <= 1 or self.read_threads <= 1:
+            return [read(u) for u in uris]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(self.read_threads, len(uris))) as pool:
+            return list(pool.map(read, uris))
+
+    def _clear_stale(self, row: dict, stale: list[str] | None) -> None:
+        """Remove outputs an interrupted earlier attempt left under this record's name,
+        except the one this attempt wrote (deid.pipeline.resume)."""
+        for uri in stale or ():
+            if uri == row["output_uri"]:
+                continue
+            try:
+                fs, path = fsspec.core.url_to_fs(uri, **self.m.output.storage_options)
+                fs.rm_file(path)
+            except FileNotFoundError:
+                pass
 
     # ------------------------------------------------------------------ one record
     def _row(self, record_id: str, uri: str) -> dict:
@@ -123,16 +158,22 @@ class ProcessRecords:
             "processed_at": None,
             "tool_version": __version__,
             "config_sha256": self.ctx.config_sha256,
+            "job_sha256": self.ctx.job_sha256,
+            "resumed_from": None,
             "naming_key_id": self.ctx.naming_key_id,
             "model_fingerprints": self.ctx.model_fingerprints,
         }
 
-    def process_one(self, record_id: str, uri: str, output_stem: str, subject_key: str | None = None) -> dict:
+    def process_one(self, record_id: str, uri: str, output_stem: str, subject_key: str | None = None,
+                    stale: list[str] | None = None, data=None) -> dict:
         row = self._row(record_id, uri)
         timings = row["timings"]
         self._token = None
+        self._written = None
         try:
-            self._process(row, timings, uri, output_stem, subject_key)
+            self._process(row, timings, uri, output_stem, subject_key, data)
+            if stale:
+                self._clear_stale(row, stale)
         except Exception as exc:  # noqa: BLE001 - a record never takes the batch down
             row["status"] = "failed"
             row["error_code"] = "internal_error"
@@ -142,7 +183,7 @@ class ProcessRecords:
             row["output_uri"] = row["output_sha256"] = None
         finally:
             if self._token is not None:  # noise was drawn: the charge stands, whatever happened next
-                call(self.budget, "commit", self._token)
+                call(self.budget, "commit", self._token, self._written)
                 self._token = None
         row["processed_at"] = _dt.datetime.now(_dt.timezone.utc)
         return row
@@ -152,12 +193,16 @@ class ProcessRecords:
         row["error_code"] = code
         row["error"] = message
 
-    def _process(self, row: dict, timings: dict, uri: str, output_stem: str, subject_key: str | None) -> None:
-        # read
+    def _process(self, row: dict, timings: dict, uri: str, output_stem: str, subject_key: str | None,
+                 data=None) -> None:
+        # read (usually done for the whole batch by _read_all; data is then bytes or the read's exception)
         t = time.perf_counter()
         try:
-            with fsspec.open(uri, "rb", **self.in_opts) as f:
-                data = f.read()
+            if data is None:
+                with fsspec.open(uri, "rb", **self.in_opts) as f:
+                    data = f.read()
+            elif isinstance(data, BaseException):
+                raise data
         except FileNotFoundError:
             timings["read_ms"] = _ms(t)
             return self._fail(row, "read_error", f"{uri}: file not found (deleted or a broken link)")
@@ -195,8 +240,12 @@ class ProcessRecords:
         # budget: reserve every face's charge before any noise is drawn
         spent_after = [None] * len(faces)
         if self.dp and faces:
-            res = call(self.budget, "reserve", self.ctx.run_id, row["record_id"], subject_key, img.sha256,
-                       [f.box for f in faces], self.charge)
+            args = (self.ctx.run_id, row["record_id"], subject_key, img.sha256, [f.box for f in faces], self.charge)
+            res = call(self.budget, "reserve", *args)
+            if res.get("adopt") and self._adopt(row, timings, rgb, faces, res, output_stem):
+                return None
+            if res.get("adopt"):  # the earlier output is gone or differs: a new, charged attempt
+                res = call(self.budget, "reserve", *args, False)
             if not res["ok"]:
                 row["status"] = "budget_exhausted"
                 row["error"] = f"{uri}: {res['reason']}; not processed, nothing charged"
@@ -253,5 +302,44 @@ class ProcessRecords:
         row["status"] = status
         row["output_uri"] = display_uri(fs, path)
         row["output_sha256"] = sha256_hex(blob)
+        self._written = {"status": status, "output_uri": row["output_uri"], "output_sha256": row["output_sha256"],
+                         "dp_test_mode": row["dp_test_mode"]}
         return None
+
+    def _adopt(self, row: dict, timings: dict, rgb, faces, res: dict, output_stem: str) -> bool:
+        """A retried task (its actor died) reaches a DP record whose earlier attempt in this
+        run was already written and charged: take that output as this record's result
+        instead of drawing (and charging) new noise. The output is verified byte for byte
+        (sha256) and the identity check is measured on it; False when it cannot be used."""
+        a = res["adopt"]
+        t = time.perf_counter()
+        try:
+            fs, path = fsspec.core.url_to_fs(a["output_uri"], **self.m.output.storage_options)
+            with fs.open(path, "rb") as f:
+                blob = f.read()
+        except OSError:
+            return False
+        if sha256_hex(blob) != a["output_sha256"]:
+            return False
+        out = decode_image(blob, max_pixels=self.m.run.max_pixels, name=a["output_uri"]).rgb
+        timings["write_ms"] = _ms(t)
+        checks = self.checker.check(rgb, out, faces) if self.checker else [None] * len(faces)
+        fact = _ChargeFact(**self.charge)
+        row["faces"] = [_face_row(face, fact, chk, spent) for face, chk, spent in zip(faces, checks, res["spent_after"])]
+        dists = [c.id_distance for c in checks if c is not None]
+        row["min_id_distance"] = min(dists) if dists else None
+        row.update(status=a["status"], output_uri=a["output_uri"], output_sha256=a["output_sha256"],
+                   dp_test_mode=a.get("dp_test_mode"))
+        return True
+
+
+@dataclass(frozen=True)
+class _ChargeFact:
+    """The per-face facts of a charge, for a row rebuilt from an adopted output."""
+
+    mechanism: str
+    epsilon: float
+    delta: float
+    sensitivity: float
+    noise_scale: float
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import OrderedDict
 
 
 class BudgetService:
+    MAX_REMEMBERED = 200_000
     def __init__(self, ledger: str, max_epsilon: float, max_delta: float, key_env: str, key_file: str | None,
                  create_key: bool = False):
         import os
@@ -30,13 +32,22 @@ class BudgetService:
         self._keyer = SubjectKeyer(load_secret(key_env, key_file))
         self._ledger = Ledger.open(ledger, max_epsilon=max_epsilon, max_delta=max_delta)
         self._open: dict[str, object] = {}
+        # Outputs written in this service's lifetime, per (run, attempt record id): what a
+        # retried task may adopt. Bounded: retries concern the batches in flight, not history.
+        self._written: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._lock = threading.Lock()
 
     def reserve(self, run_id: str, record_id: str, subject_key: str | None, input_sha256: str,
-                boxes: list[tuple[int, int, int, int]], charge: dict) -> dict:
+                boxes: list[tuple[int, int, int, int]], charge: dict, adopt: bool = True) -> dict:
         """Reserve one charge per face. Labeled records charge every face to the labeled
         subject (conservative: the label may name any of them); unlabeled faces are charged
-        to a key derived from the source content (same source face -> same key)."""
+        to a key derived from the source content (same source face -> same key).
+
+        A retried task (its actor died) reserves a record again. When an earlier attempt of
+        it in this run was written and committed, the answer is ``adopt``: the worker takes
+        that output (verified by sha256) and nothing new is drawn or charged; with
+        ``adopt=False`` (the output was gone) or when the earlier attempt never committed
+        (it may have drawn noise), this draw is charged as a new release, ``#attempt-N``."""
         from deid.privacy.accountant import Charge
 
         c = Charge(**charge)
@@ -45,9 +56,10 @@ class BudgetService:
             res = self._ledger.reserve(run_id, record_id, [(k, c) for k in keys])
             attempt = 1
             while res.ok and res.replayed:
-                # The same record was reserved before in this run (a retried task): the
-                # earlier attempt may have drawn noise, and this one will draw again, so
-                # this draw is charged as a new release.
+                written = self._written.get((run_id, res.record_id))
+                if adopt and written is not None and res.state == "committed":
+                    return {"ok": True, "token": None, "spent_after": list(res.face_spent_after), "reason": None,
+                            "adopt": written}
                 attempt += 1
                 res = self._ledger.reserve(run_id, f"{record_id}#attempt-{attempt}", [(k, c) for k in keys])
             if not res.ok:
@@ -57,10 +69,16 @@ class BudgetService:
             self._open[token] = res
             return {"ok": True, "token": token, "spent_after": list(res.face_spent_after), "reason": None}
 
-    def commit(self, token: str) -> None:
+    def commit(self, token: str, written: dict | None = None) -> None:
+        """Commit a reservation; ``written`` (status, output_uri, output_sha256) when the
+        record's output was written, so that a retry of it can adopt that output."""
         with self._lock:
             res = self._open.pop(token)
             self._ledger.commit(res)
+            if written:
+                self._written[(res.run_id, res.record_id)] = dict(written)
+                while len(self._written) > self.MAX_REMEMBERED:
+                    self._written.popitem(last=False)
 
     def labeled_key(self, subject: str) -> str:
         return self._keyer.labeled(subject)
