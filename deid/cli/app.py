@@ -88,6 +88,9 @@ def run(
         f"  audit        {s['audit_records_uri']}  (pandas.read_parquet)\n"
         f"  summary      {s['audit_uri'].rstrip('/')}/summary.json"
     )
+    if s["counts"].get("skipped"):
+        typer.echo(f"  resumed      {s['counts']['skipped']} records committed by earlier runs of this job were "
+                   f"skipped (deid run --no-resume redoes them)")
     if s.get("aborted"):
         typer.echo(f"error: the run stopped early ({s['aborted']}); unprocessed records have failed rows "
                    f"with error_code=lost", err=True)
