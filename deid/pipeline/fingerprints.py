@@ -33,6 +33,11 @@ def model_fingerprints(manifest: Manifest) -> list[dict]:
     if manifest.anonymize.method in LATENT_METHODS:
         from deid.latent import load_latent_model
 
-        model = load_latent_model(manifest.latent.spec())
+        spec = dict(manifest.latent.spec())
+        if spec.get("backend") == "torchscript":
+            # the driver only needs the fingerprint: keep the model off the GPU (Ray gave the
+            # driver none) and skip the probe, which the actors run anyway
+            spec.update(device="cpu", probe=False)
+        model = load_latent_model(spec)
         out.append({"name": f"latent:{model.name}", "sha256": model.fingerprint})
     return out
