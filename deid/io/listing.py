@@ -105,8 +105,20 @@ class Location:
         return display_uri(self.fs, posixpath.join(self.root, rel_path))
 
 
-def open_location(uri: str, storage_options: dict | None = None) -> Location:
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+def url_to_fs(uri: str, storage_options: dict | None = None, field: str = "uri"):
+    """``fsspec.core.url_to_fs`` with a clear :class:`ListingError` when the protocol's
+    package is missing (``gs://`` needs gcsfs, ``az://`` adlfs, ...): the run stops on the
+    driver before anything is processed, naming the manifest field and the package."""
+    try:
+        return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    except ImportError as exc:
+        proto = uri.split("://", 1)[0] if "://" in uri else "file"
+        raise ListingError(f"{field} = {uri}: the {proto}:// protocol needs a package that is not installed "
+                           f"({exc})") from None
+
+
+def open_location(uri: str, storage_options: dict | None = None, field: str = "input.uri") -> Location:
+    fs, root = url_to_fs(uri, storage_options, field)
     return Location(fs=fs, root=root.rstrip("/") or "/", uri=uri)
 
 
@@ -126,11 +138,13 @@ def discover(manifest: Manifest, subjects: dict[str, str] | None = None) -> pa.T
         raise ListingError(f"{manifest.input.uri}: cannot list input ({exc})") from exc
 
     excluded = []
-    for other, opts in ((manifest.output.uri, manifest.output.storage_options),
-                        (manifest.quarantine_uri, manifest.output.storage_options),
-                        (manifest.audit_uri, manifest.audit.storage_options)):
+    for name, other, opts in (("output.uri", manifest.output.uri, manifest.output.storage_options),
+                              ("output.quarantine_uri", manifest.quarantine_uri, manifest.output.storage_options),
+                              ("audit.uri", manifest.audit_uri, manifest.audit.storage_options)):
         try:
-            ofs, opath = fsspec.core.url_to_fs(other, **opts)
+            ofs, opath = url_to_fs(other, opts, name)
+        except ListingError:
+            raise  # a missing protocol package: say so now, not on every worker
         except Exception:  # noqa: BLE001 - an unreachable output is reported later, not here
             continue
         if type(ofs) is type(fs):
@@ -173,6 +187,10 @@ def load_subjects(uri: str, storage_options: dict | None = None) -> dict[str, st
                 table = pq.read_table(f)
             else:
                 table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types={"path": pa.string(), "subject": pa.string()}))
+    except ImportError as exc:
+        proto = uri.split("://", 1)[0]
+        raise ListingError(f"input.subjects = {uri}: the {proto}:// protocol needs a package that is not installed "
+                           f"({exc})") from None
     except FileNotFoundError as exc:
         raise ListingError(f"{uri}: input.subjects file does not exist") from exc
     except (OSError, pa.ArrowInvalid) as exc:
