@@ -103,15 +103,19 @@ def _check_engine(manifest: Manifest, engine: str) -> None:
 def _init_ray(manifest: Manifest):
     import ray
 
+    # run.ray_address, else RAY_ADDRESS (what `ray job submit` sets for its entrypoint), else embedded.
+    address = manifest.run.ray_address or os.environ.get("RAY_ADDRESS", "").strip()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded, loopback-only Ray
+    if not address:
+        # embedded, loopback-only Ray; a cluster keeps its own auth mode (token by default)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     if ray.is_initialized():
         return ray
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
                   ignore_reinit_error=True)
-    if manifest.run.ray_address:
-        ray.init(address=manifest.run.ray_address, **kwargs)
+    if address:
+        ray.init(address=address, **kwargs)
     else:
         kwargs["num_cpus"] = manifest.run.cpus or os.cpu_count() or 1
         if manifest.run.object_store_memory:
@@ -363,12 +367,40 @@ def _budget_service(manifest: Manifest, engine: str):
     ray = _init_ray(manifest)
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from deid.privacy.keys import SubjectKeyError, load_secret, write_new_secret
+
+    # The secret is read here, on the driver: on a cluster the actor's process does not
+    # share the driver's environment. It reaches the actor by a direct call (use_key), not
+    # as an actor argument or a runtime_env variable, which Ray stores or logs.
+    try:
+        if (p.create_subject_key and p.subject_key_file and not os.environ.get(p.subject_key_env, "").strip()
+                and not os.path.exists(p.subject_key_file)):
+            write_new_secret(p.subject_key_file)
+        secret = load_secret(p.subject_key_env, p.subject_key_file)
+    except SubjectKeyError as exc:
+        raise RunError(str(exc)) from None
     here = ray.get_runtime_context().get_node_id()
     actor = ray.remote(BudgetService).options(
         num_cpus=0, max_concurrency=8, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-    ).remote(*args)
-    ray.get(actor.ping.remote())  # surface a bad ledger or a missing key before the run starts
+    ).remote(*args[:5], False, True)
+    try:
+        ray.get(actor.use_key.remote(secret))  # also surfaces a bad ledger before the run starts
+    except ray.exceptions.RayError as exc:
+        raise RunError(f"the budget service could not start on the driver's node: {_root_cause(exc)}") from None
     return actor
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The user's error inside a Ray error (an actor's failed __init__), in one line."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text[:600]}"
 
 
 def _plan_budget(manifest: Manifest, plan: pa.Table, budget) -> tuple[pa.Table, list]:
