@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import GROUP, REPO, lfw_images
+from conftest import GROUP, REPO, base_manifest, lfw_images
 from deid.audit import read_audit
 from deid.config import manifest_from_dict
 from deid.pipeline import run_job
@@ -241,3 +241,22 @@ def test_job_on_a_two_node_cluster_matches_a_local_run(cluster, s3, tmp_path, mo
         assert secret.encode() not in audit_blobs
         hits = [str(p) for p in cluster.files() if secret.encode() in p.read_bytes()]
         assert hits == [], hits
+
+
+def test_budget_service_problems_stop_the_run_before_any_work(photos, tmp_path, monkeypatch, ray_local):
+    """Under Ray the budget service is an actor: its failures must still read like deid's own errors."""
+    from deid.pipeline import RunError
+
+    def dp(ledger):
+        return manifest_from_dict(base_manifest(photos, tmp_path, anonymize={"method": "dp-image"},
+                                                privacy={"ledger": str(ledger), "max_epsilon": 20.0}))
+
+    monkeypatch.delenv("DEID_SUBJECT_KEY", raising=False)
+    with pytest.raises(RunError, match=r"no subject-key secret: \$DEID_SUBJECT_KEY is not set"):
+        run_job(dp(tmp_path / "ledger.sqlite"), engine="ray", progress=False)
+    monkeypatch.setenv("DEID_SUBJECT_KEY", SUBJECT_SECRET)
+    (tmp_path / "ledger-dir").mkdir()  # a folder where the ledger file should be
+    with pytest.raises(RunError, match=r"budget service could not start on the driver's node: \S*OperationalError: "
+                                       r".*unable to open database file"):
+        run_job(dp(tmp_path / "ledger-dir"), engine="ray", progress=False)
+    assert not (tmp_path / "release").exists() and not (tmp_path / "quarantine").exists()

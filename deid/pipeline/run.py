@@ -391,16 +391,19 @@ def _budget_service(manifest: Manifest, engine: str):
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The user's error inside a Ray error (an actor's failed __init__), in one line."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return f"{type(exc).__name__}: {text[:600]}"
+    """The user's error inside a Ray error, in one line. An actor whose ``__init__`` failed
+    comes back as ``ActorDiedError`` carrying only the text of the remote traceback, whose
+    last ``SomeError: message`` line is the cause."""
+    import re
+
+    while isinstance(getattr(exc, "cause", None), BaseException):
+        exc = exc.cause
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln]
+    for i in range(len(lines) - 1, -1, -1):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b[^:]*: ", lines[i]):
+            return " ".join(lines[i:])[:600]
+    return f"{type(exc).__name__}: {' '.join(lines)[:600]}"
 
 
 def _plan_budget(manifest: Manifest, plan: pa.Table, budget) -> tuple[pa.Table, list]:
