@@ -260,3 +260,12 @@ def test_budget_service_problems_stop_the_run_before_any_work(photos, tmp_path, 
                                        r".*unable to open database file"):
         run_job(dp(tmp_path / "ledger-dir"), engine="ray", progress=False)
     assert not (tmp_path / "release").exists() and not (tmp_path / "quarantine").exists()
+
+
+def test_ray_client_addresses_are_refused_before_anything_starts(photos, tmp_path):
+    from deid.pipeline import RunError
+
+    m = manifest_from_dict(base_manifest(photos, tmp_path, run={"ray_address": "ray://head.example:10001"}))
+    with pytest.raises(RunError, match=r"Ray Client \(ray://\) cannot run Ray Data pipelines.*ray job submit"):
+        run_job(m, engine="ray", progress=False)
+    assert not (tmp_path / "audit").exists() and not (tmp_path / "release").exists()

@@ -92,6 +92,13 @@ def plan_records(manifest: Manifest) -> Plan:
 def _check_engine(manifest: Manifest, engine: str) -> None:
     if engine != "ray":
         return
+    if manifest.run.ray_address.strip().lower().startswith("ray://"):
+        # Measured with Ray 2.60 and ray[client]: the client connects, then Ray Data's
+        # streaming executor fails (it needs a core worker in the driver process).
+        raise RunError(f"run.ray_address is {manifest.run.ray_address}: Ray Client (ray://) cannot run Ray Data "
+                       "pipelines. Run deid on a cluster node instead: `ray job submit --address http://HEAD:8265 "
+                       "--working-dir . -- deid run JOB.yaml` (docs/cluster.md), or run.ray_address: auto / HOST:6379 "
+                       "from a machine that has joined the cluster")
     for name, uri in (("input.uri", manifest.input.uri), ("output.uri", manifest.output.uri),
                       ("audit.uri", manifest.audit_uri), ("output.quarantine_uri", manifest.quarantine_uri)):
         if uri.lower().startswith("memory://"):
