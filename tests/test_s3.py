@@ -8,6 +8,7 @@ and boxes, output names and output bytes (sha256) as the same job on local folde
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import sys
 from collections import Counter
@@ -101,8 +102,10 @@ def _check_writes(s3: MotoS3, reqs, src: str, dst: str, df: pd.DataFrame) -> Non
     assert set(s3.objects(dst, "release/")) == set(released)
     assert set(s3.objects(dst, "quarantine/")) == set(quarantined)
     run_id = df.run_id.iloc[0]
-    assert set(s3.objects(dst, "audit/")) == {f"audit/records/{run_id}-part-00000.parquet",
-                                              f"audit/summaries/{run_id}.json", "audit/summary.json"}
+    audit = set(s3.objects(dst, "audit/"))
+    parts = {k for k in audit if re.fullmatch(rf"audit/records/{run_id}-part-\d{{5}}\.parquet", k)}
+    assert parts and audit - parts == {f"audit/summaries/{run_id}.json", "audit/summary.json"}
+    assert all(puts[k] == 1 for k in parts)
     # what is at rest on S3 is what the audit says was written
     c = s3.client()
     for key, digest in {**released, **quarantined}.items():

@@ -110,8 +110,8 @@ def _check_engine(manifest: Manifest, engine: str) -> None:
 def _init_ray(manifest: Manifest):
     import ray
 
-    # run.ray_address, else RAY_ADDRESS (what `ray job submit` sets for its entrypoint), else embedded.
-    address = manifest.run.ray_address or os.environ.get("RAY_ADDRESS", "").strip()
+    # run.ray_address, else $RAY_ADDRESS (what `ray job submit` sets for its entrypoint), else embedded.
+    address = manifest.run.ray_address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not address:
         # embedded, loopback-only Ray; a cluster keeps its own auth mode (token by default)
