@@ -196,7 +196,7 @@ class AuditConfig(_Section):
 
 
 class RunConfig(_Section):
-    ray_address: str = Field("", description="empty: start an embedded local Ray; else ray.init(address=...)")
+    ray_address: str = Field("", description="empty: $RAY_ADDRESS if set, else an embedded local Ray; else ray.init(address=...); not ray://")
     cpus: int | None = Field(None, ge=1, description="CPUs for the embedded Ray (default: all)")
     actors: int | None = Field(None, ge=1, description="actor pool size (default: one per CPU, or per GPU with gpus_per_actor)")
     batch_size: int = Field(8, ge=1, le=4096, description="records per batch handed to an actor")
