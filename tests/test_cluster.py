@@ -66,7 +66,8 @@ class RayCluster:
         self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
         self.address = f"127.0.0.1:{_free_port()}"
         self.dirs = {n: tempfile.mkdtemp(prefix=f"deid-{n}-", dir="/tmp") for n in ("head", "worker")}
-        common = ["--block", "--num-cpus=1", "--disable-usage-stats", "--object-store-memory=100000000"]
+        common = ["--block", "--num-cpus=1", "--disable-usage-stats", "--object-store-memory=100000000",
+                  "--include-log-monitor=false"]
         args = {"head": ["--head", f"--port={self.address.split(':')[1]}", "--include-dashboard=false"],
                 "worker": [f"--address={self.address}"]}
         self.procs: dict[str, subprocess.Popen] = {}
@@ -121,7 +122,7 @@ def cluster(s3):
 
 def _inputs(root: Path) -> Path:
     (root / "people").mkdir(parents=True)
-    for p in lfw_images()[:4]:
+    for p in lfw_images()[:3]:
         shutil.copy(p, root / "people" / p.name)
     shutil.copy(GROUP / "two_people.jpg", root / "two_people.jpg")
     (root / "notes.jpg").write_bytes(b"not an image")
@@ -141,25 +142,31 @@ def _manifest(src: str, dst: str, prefix: str, ledger: Path, ray_address: str) -
     }
 
 
-_INSPECT = """
+#: The driver process: ``deid run JOB --json`` (the CLI itself), then, still connected to the
+#: cluster, Ray's actor table (where did the actors run?) and the other address forms.
+_DRIVER = """
 import json, os, sys
+from deid.cli.app import app
+try:
+    app(["run", sys.argv[1], "--json", "--no-progress"])
+    code = 0
+except SystemExit as exc:
+    code = exc.code or 0
 import ray
 from ray._private import state
 from deid.config import manifest_from_dict
 from deid.pipeline.run import _init_ray
-out = {}
-for label, addr, env in (("explicit", sys.argv[1], None), ("auto", "auto", sys.argv[1]), ("empty", "", sys.argv[1])):
-    os.environ.pop("RAY_ADDRESS", None)
-    if env:
-        os.environ["RAY_ADDRESS"] = env  # what `ray job submit` sets for its entrypoint
-    m = manifest_from_dict({"input": {"uri": "/in"}, "output": {"uri": "/out"}, "run": {"ray_address": addr}})
-    r = _init_ray(m)
+out = {"actors": [{"cls": a["ActorClassName"], "node": a["Address"]["NodeID"], "owner": a["OwnerAddress"]["NodeID"]}
+                  for a in state.actors().values()],
+       "explicit": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])}
+ray.shutdown()
+os.environ["RAY_ADDRESS"] = sys.argv[2]  # what `ray job submit` sets for its entrypoint
+for label, addr in (("auto", "auto"), ("empty", "")):
+    r = _init_ray(manifest_from_dict({"input": {"uri": "/in"}, "output": {"uri": "/out"}, "run": {"ray_address": addr}}))
     out[label] = sorted(n["NodeID"] for n in r.nodes() if n["Alive"])
-    if label == "explicit":
-        out["actors"] = [{"cls": a["ActorClassName"], "node": a["Address"]["NodeID"], "owner": a["OwnerAddress"]["NodeID"]}
-                         for a in state.actors().values()]
     r.shutdown()
-print(json.dumps(out))
+print("@@inspect@@", json.dumps(out))
+sys.exit(code)
 """
 
 
@@ -176,7 +183,7 @@ def test_job_on_a_two_node_cluster_matches_a_local_run(cluster, s3, tmp_path, mo
     # work is spread over both nodes however slow one node is to load the models
     driver_env["RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S"] = "180"
     mark = s3.mark()
-    proc = subprocess.Popen([sys.executable, "-m", "deid.cli.app", "run", str(job), "--json", "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(job), cluster.address],
                             env=driver_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     # meanwhile, the same manifest run locally (in this process, no Ray), credentials from the environment
@@ -190,7 +197,8 @@ def test_job_on_a_two_node_cluster_matches_a_local_run(cluster, s3, tmp_path, mo
         res = run_job(local, engine="inline", progress=False)
         stdout, stderr = proc.communicate(timeout=240)
         assert proc.returncode == 0, stderr[-4000:]
-        summary = json.loads(stdout)
+        summary_text, _, inspect = stdout.partition("@@inspect@@")
+        summary, info = json.loads(summary_text), json.loads(inspect)
         assert summary["engine"] == "ray" and summary["aborted"] is None
         m = manifest_from_dict(_manifest(src, dst, "cluster", tmp_path / "cluster-ledger.sqlite", cluster.address))
         df = read_audit(m.audit_uri, run_id=summary["run_id"]).to_pandas().sort_values("record_id")
@@ -202,12 +210,12 @@ def test_job_on_a_two_node_cluster_matches_a_local_run(cluster, s3, tmp_path, mo
     reqs = [r for r in s3.since(mark) if r.access_key != "local-key"]
 
     assert summary["counts"] == res.summary["counts"]
-    assert Counter(df.status) == {"released": 5, "failed": 1}
+    assert Counter(df.status) == {"released": 4, "failed": 1}
     assert df.record_id.tolist() == ldf.record_id.tolist()
     assert df.status.tolist() == ldf.status.tolist() and df.error_code.tolist() == ldf.error_code.tolist()
     assert df.n_faces.fillna(-1).tolist() == ldf.n_faces.fillna(-1).tolist()
     assert [r.rsplit("/", 2)[-2:] for r in df.output_uri.dropna()] == [r.rsplit("/", 2)[-2:] for r in ldf.output_uri.dropna()]
-    assert summary["faces"] == res.summary["faces"] == int(df.n_faces.sum()) >= 6
+    assert summary["faces"] == res.summary["faces"] == int(df.n_faces.sum()) >= 5
 
     # both nodes read inputs and wrote outputs; the driver only listed, and wrote the audit
     by_key = {k: [r for r in reqs if r.access_key == k] for k in ("head-node", "worker-node", "driver-key")}
@@ -225,10 +233,6 @@ def test_job_on_a_two_node_cluster_matches_a_local_run(cluster, s3, tmp_path, mo
     assert sum(r.n_charges for r in rows) == summary["faces"] and all(r.n_reserved_uncommitted == 0 for r in rows)
 
     # where the actors ran, and how the other address forms resolve
-    inspect = subprocess.run([sys.executable, "-c", _INSPECT, cluster.address], env={**_clean_env(), **cluster.auth},
-                             capture_output=True, text=True, timeout=120)
-    assert inspect.returncode == 0, inspect.stderr[-3000:]
-    info = json.loads(inspect.stdout.strip().splitlines()[-1])
     assert len(info["explicit"]) == 2 and info["auto"] == info["empty"] == info["explicit"]
     workers = [a for a in info["actors"] if "ProcessRecords" in a["cls"]]
     assert {a["node"] for a in workers} == set(info["explicit"])

@@ -66,10 +66,11 @@ def _outcome(df: pd.DataFrame, m) -> dict:
 
 
 @pytest.fixture(scope="module")
-def local_run(inputs, tmp_path_factory, ray_local):
+def local_run(inputs, tmp_path_factory):
+    """The reference: the same job on local folders, in this process (no Ray)."""
     tmp = tmp_path_factory.mktemp("s3-local")
     m = manifest_from_dict(base_manifest(inputs, tmp))
-    res = run_job(m, engine="ray", progress=False)
+    res = run_job(m, engine="inline", progress=False)
     df = pd.read_parquet(res.records_uri)
     # the fixture set covers every path a record can take
     assert Counter(df.status) == {"released": 4, "quarantined": 1, "failed": 1}, df[["input_uri", "status", "error"]]
