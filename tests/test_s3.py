@@ -77,12 +77,13 @@ def local_run(inputs, tmp_path_factory):
     return _outcome(df, m)
 
 
-def _s3_manifest(src: str, dst: str, opts: dict | None) -> dict:
-    so = {"storage_options": opts} if opts else {}
+def _s3_manifest(src: str, dst: str, opts: dict[str, dict] | None) -> dict:
+    """``opts``: storage_options per section (input, output, audit), or None for the environment's."""
+    so = {k: {"storage_options": v} for k, v in (opts or {}).items()}
     return {
-        "input": {"uri": f"s3://{src}/photos", **so},
-        "output": {"uri": f"s3://{dst}/release", "quarantine_uri": f"s3://{dst}/quarantine", **so},
-        "audit": {"uri": f"s3://{dst}/audit", **so},
+        "input": {"uri": f"s3://{src}/photos", **so.get("input", {})},
+        "output": {"uri": f"s3://{dst}/release", "quarantine_uri": f"s3://{dst}/quarantine", **so.get("output", {})},
+        "audit": {"uri": f"s3://{dst}/audit", **so.get("audit", {})},
         "run": {"batch_size": 2, "progress": False},
     }
 
@@ -117,20 +118,28 @@ def test_ray_run_on_s3_with_storage_options_matches_a_local_run(s3, inputs, loca
     src, dst = s3.new_bucket("raw"), s3.new_bucket("release")
     s3.upload_tree(inputs, src, "photos")
     before = s3.objects(src)
-    opts = s3.storage_options("manifest-key")
+    # each section its own credentials: the S3 server's log shows which one signed what
+    opts = {sec: s3.storage_options(f"{sec}-key") for sec in ("input", "output", "audit")}
     m = manifest_from_dict(_s3_manifest(src, dst, opts))
     mark = s3.mark()
     res = run_job(m, engine="ray", progress=False)
     reqs = s3.since(mark)
-    df = read_audit(m.audit_uri, run_id=res.run_id, storage_options=opts).to_pandas()
+    df = read_audit(m.audit_uri, run_id=res.run_id, storage_options=opts["audit"]).to_pandas()
 
     assert len(df) == res.summary["inputs"] == len(before) == 6
     assert _outcome(df, m) == local_run
     assert all(u.startswith(f"s3://{src}/photos/") for u in df.input_uri)
     broken = df[df.status == "failed"].iloc[0]
     assert broken.error_code == "not_an_image" and f"s3://{src}/photos/broken.jpg" in broken.error
-    # every request, from the driver and from every Ray worker, used the manifest's credentials
-    assert {r.access_key for r in reqs} == {"manifest-key"}
+    # every request, from the driver and from every Ray worker, used its section's credentials:
+    # input.storage_options to list and read, output.storage_options for the release and the
+    # quarantine, audit.storage_options for the audit
+    assert {r.access_key for r in reqs} == {"input-key", "output-key", "audit-key"}
+    assert {r.access_key for r in reqs if r.bucket == src} == {"input-key"}
+    for r in reqs:
+        if r.writes:
+            assert r.access_key == {"release": "output-key", "quarantine": "output-key",
+                                    "audit": "audit-key"}[r.key.split("/")[0]], r
     assert {r.method for r in reqs if r.bucket == src} <= {"GET", "HEAD"}
     assert s3.objects(src) == before
     _check_writes(s3, reqs, src, dst, df)
@@ -163,7 +172,7 @@ def test_credentials_and_endpoint_from_aws_environment(s3, inputs, local_run, mo
 def test_missing_bucket_and_missing_protocol_package_are_clear_errors(s3, tmp_path, monkeypatch):
     from deid.cli.app import app
 
-    m = manifest_from_dict(_s3_manifest("no-such-bucket-deid", "also-missing-deid", s3.storage_options()))
+    m = manifest_from_dict(_s3_manifest("no-such-bucket-deid", "also-missing-deid", {"input": s3.storage_options()}))
     with pytest.raises(ListingError, match="s3://no-such-bucket-deid/photos: input.uri does not exist"):
         run_job(m, engine="inline", progress=False)
 
