@@ -42,6 +42,7 @@ pytestmark = pytest.mark.timeout(300)
 RAY = str(Path(sys.executable).with_name("ray"))
 SUBJECT_SECRET = "cluster-test-subject-secret-" + secrets.token_hex(8)
 NAMING_SECRET = "cluster-test-naming-secret-" + secrets.token_hex(8)
+SUBJECT_NAME = "person-" + secrets.token_hex(6)  # a labeled subject: its name must stay with the driver
 
 
 def _free_port() -> int:
@@ -132,7 +133,7 @@ def _inputs(root: Path) -> Path:
 def _manifest(src: str, dst: str, prefix: str, ledger: Path, ray_address: str) -> dict:
     # no storage_options: every process uses the credentials of its own environment
     return {
-        "input": {"uri": f"s3://{src}/photos"},
+        "input": {"uri": f"s3://{src}/photos", "subjects": f"s3://{src}/meta/subjects.csv"},
         "output": {"uri": f"s3://{dst}/{prefix}/release", "quarantine_uri": f"s3://{dst}/{prefix}/quarantine"},
         "audit": {"uri": f"s3://{dst}/{prefix}/audit"},
         "anonymize": {"method": "dp-image", "params": {"epsilon": 8.0}},
@@ -172,7 +173,10 @@ sys.exit(code)
 
 def test_job_on_a_two_node_cluster_matches_a_local_run(cluster, s3, tmp_path, monkeypatch):
     src, dst = s3.new_bucket("raw"), s3.new_bucket("out")
-    s3.upload_tree(_inputs(tmp_path / "photos"), src, "photos")
+    photos = _inputs(tmp_path / "photos")
+    s3.upload_tree(photos, src, "photos")
+    labels = "path,subject\n" + "".join(f"people/{p.name},{SUBJECT_NAME}\n" for p in sorted((photos / "people").iterdir()))
+    s3.client().put_object(Bucket=src, Key="meta/subjects.csv", Body=labels.encode())
     before = s3.objects(src)
     driver_env = {**_clean_env(), **cluster.auth, **s3.env("driver-key"),
                   "DEID_SUBJECT_KEY": SUBJECT_SECRET, "DEID_NAMING_KEY": NAMING_SECRET}
@@ -231,6 +235,9 @@ def test_job_on_a_two_node_cluster_matches_a_local_run(cluster, s3, tmp_path, mo
     with Ledger.open(str(tmp_path / "cluster-ledger.sqlite")) as led:
         rows = led.summary()
     assert sum(r.n_charges for r in rows) == summary["faces"] and all(r.n_reserved_uncommitted == 0 for r in rows)
+    # the three labeled photos were charged to one subject, in whatever order the nodes took them
+    spent = [f["subject_spent_after"] for u, fs in zip(df.input_uri, df.faces) if "/people/" in u for f in fs]
+    assert sorted(spent) == pytest.approx([8.0, 16.0, 24.0])
 
     # where the actors ran, and how the other address forms resolve
     assert len(info["explicit"]) == 2 and info["auto"] == info["empty"] == info["explicit"]
@@ -239,9 +246,9 @@ def test_job_on_a_two_node_cluster_matches_a_local_run(cluster, s3, tmp_path, mo
     budget = [a for a in info["actors"] if a["cls"] == "BudgetService"]
     assert len(budget) == 1 and budget[0]["node"] == budget[0]["owner"]  # pinned to the driver's node
 
-    # secrets stay with the driver: not in the audit, not in any Ray log or spill file
+    # secrets and subject names stay with the driver: not in the audit, not in any Ray log or spill file
     audit_blobs = b"".join(s3.client().get_object(Bucket=dst, Key=k)["Body"].read() for k in s3.objects(dst, "cluster/audit/"))
-    for secret in (SUBJECT_SECRET, NAMING_SECRET):
+    for secret in (SUBJECT_SECRET, NAMING_SECRET, SUBJECT_NAME):
         assert secret.encode() not in audit_blobs
         hits = [str(p) for p in cluster.files() if secret.encode() in p.read_bytes()]
         assert hits == [], hits
