@@ -86,10 +86,10 @@ class BudgetService:
     def use_key(self, secret: bytes) -> str:
         """Take the subject-key secret from the driver; return its public key id.
 
-        Under Ray this is a direct call from the driver to this actor on the driver's node:
-        unlike an actor argument (kept in the GCS actor table) or a ``runtime_env`` variable
-        (written to the runtime-env agent's log), a call's arguments are not stored or
-        logged by Ray (tests/test_cluster.py greps every Ray file for the secret)."""
+        Under Ray this is a direct call from the driver to this actor on the driver's node.
+        A ``runtime_env`` variable was written to the runtime-env agent's log (measured), and an
+        actor argument is part of the creation task the GCS keeps; a call's arguments go to the
+        actor alone (tests/test_cluster.py checks that no file of either node holds the secret)."""
         from deid.privacy.keys import SubjectKeyer, key_id
 
         self._keyer = SubjectKeyer(bytes(secret))
