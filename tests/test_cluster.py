@@ -273,10 +273,13 @@ def test_budget_service_problems_stop_the_run_before_any_work(photos, tmp_path, 
     assert not (tmp_path / "release").exists() and not (tmp_path / "quarantine").exists()
 
 
-def test_ray_client_addresses_are_refused_before_anything_starts(photos, tmp_path):
+def test_ray_client_addresses_are_refused_before_anything_starts(photos, tmp_path, monkeypatch):
     from deid.pipeline import RunError
 
     m = manifest_from_dict(base_manifest(photos, tmp_path, run={"ray_address": "ray://head.example:10001"}))
     with pytest.raises(RunError, match=r"Ray Client \(ray://\) cannot run Ray Data pipelines.*ray job submit"):
         run_job(m, engine="ray", progress=False)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head.example:10001")  # the same address from the environment
+    with pytest.raises(RunError, match=r"the Ray address is ray://head.example:10001"):
+        run_job(manifest_from_dict(base_manifest(photos, tmp_path)), engine="ray", progress=False)
     assert not (tmp_path / "audit").exists() and not (tmp_path / "release").exists()

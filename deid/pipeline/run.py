@@ -89,13 +89,20 @@ def plan_records(manifest: Manifest) -> Plan:
     return Plan(records=listing, refused=refused, naming_key_id=key_id(key) if key else None)
 
 
+def ray_address(manifest: Manifest) -> str:
+    """The cluster to join: ``run.ray_address``, else ``$RAY_ADDRESS`` (what `ray job submit`
+    sets for its entrypoint); empty means an embedded local Ray."""
+    return manifest.run.ray_address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
+
+
 def _check_engine(manifest: Manifest, engine: str) -> None:
     if engine != "ray":
         return
-    if manifest.run.ray_address.strip().lower().startswith("ray://"):
+    address = ray_address(manifest)
+    if address.lower().startswith("ray://"):
         # Measured with Ray 2.60 and ray[client]: the client connects, then Ray Data's
         # streaming executor fails (it needs a core worker in the driver process).
-        raise RunError(f"run.ray_address is {manifest.run.ray_address}: Ray Client (ray://) cannot run Ray Data "
+        raise RunError(f"the Ray address is {address}: Ray Client (ray://) cannot run Ray Data "
                        "pipelines. Run deid on a cluster node instead: `ray job submit --address http://HEAD:8265 "
                        "--working-dir . -- deid run JOB.yaml` (docs/cluster.md), or run.ray_address: auto / HOST:6379 "
                        "from a machine that has joined the cluster")
@@ -110,8 +117,7 @@ def _check_engine(manifest: Manifest, engine: str) -> None:
 def _init_ray(manifest: Manifest):
     import ray
 
-    # run.ray_address, else $RAY_ADDRESS (what `ray job submit` sets for its entrypoint), else embedded.
-    address = manifest.run.ray_address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
+    address = ray_address(manifest)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not address:
         # embedded, loopback-only Ray; a cluster keeps its own auth mode (token by default)
@@ -143,7 +149,7 @@ def pool_plan(manifest: Manifest, resources: dict) -> tuple[int, dict]:
     cpus = int(resources.get("CPU", 1))
     if gpa > 0:
         gpus = float(resources.get("GPU", 0))
-        if gpus < gpa and not manifest.run.ray_address:
+        if gpus < gpa and not ray_address(manifest):
             raise RunError(f"run.gpus_per_actor is {gpa} but this machine's Ray sees {gpus:g} GPUs; "
                            "set run.gpus_per_actor: 0 to run on CPUs, or run on a machine (or run.ray_address "
                            "cluster) with GPUs")
