@@ -3,7 +3,7 @@ and face recall of both detectors on the hand-labelled dlib example boxes.
 
     python3 -m venv /tmp/deface-venv && /tmp/deface-venv/bin/pip install deface   # its own venv
     .venv/bin/python bench/deface_compare.py --deface /tmp/deface-venv/bin/deface
-    .venv/bin/python bench/deface_compare.py --folder DIR --count 300 --repeat 2
+    .venv/bin/python bench/deface_compare.py --folder DIR --count 100,500 --repeat 2
 
 Throughput (same folder, same machine, one run, rounds interleaved, medians): both tools
 as a user runs them, each a fresh process timed from start to exit:
@@ -14,8 +14,11 @@ as a user runs them, each a fresh process timed from start to exit:
   deface  `deface <folder>` with its defaults (CenterFace, threshold 0.2, blur; the
           ONNX backend it picks: onnxruntime if installed in its venv, else OpenCV DNN)
 
-Each tool gets its own copy of the first --count images (deface writes its outputs
-next to its inputs). Target in the issue: deid >= 2x deface's images/s.
+Each tool gets its own copy of the first N images (deface writes its outputs next to
+its inputs). With two counts (default 100 and 500) the script also prints the marginal
+rate (images added / seconds added), in which each tool's fixed start-up cost (Ray
+start and actor model loading for deid; interpreter, imports and ONNX session for
+deface) cancels out. Target in the issue: deid >= 2x deface's images/s.
 
 Recall: testing.xml and training.xml in --xml-dir (dlib's examples/faces, PASCAL VOC
 photos with hand-drawn boxes). deid's detector is deid.faces.make_detector with the
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--deface", default="/tmp/deface-venv/bin/deface", help="deface executable (its venv's python is used for recall)")
     ap.add_argument("--folder", default=str(REPO.parent / "shared" / "data" / "lfw-public-ref"))
-    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--count", default="100,500",
+                    help="images per throughput run; two or more comma-separated counts also give the marginal rate")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--xml-dir", default=str(REPO.parent / "shared" / "data" / "group" / "dlib_examples_faces"))
     ap.add_argument("--thresh", type=float, default=0.2, help="deface threshold (its CLI default: 0.2)")
@@ -174,55 +178,68 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # ------------------------------------------------------------------ throughput
     src = Path(args.folder)
-    files = image_files(src)[: args.count]
-    n = len(files)
+    counts = [int(c) for c in str(args.count).split(",")]
+    all_files = image_files(src)
     tmp = Path(tempfile.mkdtemp(prefix="deid-vs-deface-"))
+    walls: dict[tuple[str, int], list[float]] = {}
+    others: dict[tuple[str, int], list[float]] = {}
     try:
-        walls: dict[str, list[float]] = {"deid": [], "deface": []}
-        others: dict[str, list[float]] = {"deid": [], "deface": []}
         for r in range(args.repeat):
-            for tool in (("deid", "deface") if r % 2 == 0 else ("deface", "deid")):
-                run_dir = tmp / f"{tool}{r}"
-                inp = run_dir / "in"
-                inp.mkdir(parents=True)
-                for p in files:
-                    shutil.copyfile(p, inp / p.name)
-                    (inp / p.name).read_bytes()
-                if tool == "deid":
-                    import yaml
+            for n in counts:
+                files = all_files[:n]
+                for tool in (("deid", "deface") if r % 2 == 0 else ("deface", "deid")):
+                    run_dir = tmp / f"{tool}{r}-{n}"
+                    inp = run_dir / "in"
+                    inp.mkdir(parents=True)
+                    for p in files:
+                        shutil.copyfile(p, inp / p.name)
+                        (inp / p.name).read_bytes()
+                    if tool == "deid":
+                        import yaml
 
-                    (run_dir / "m.yaml").write_text(yaml.safe_dump({
-                        "input": {"uri": str(inp)},
-                        "output": {"uri": str(run_dir / "release"), "quarantine_uri": str(run_dir / "quarantine"),
-                                   "naming_key_file": str(tmp / "naming.key")},
-                        "audit": {"uri": str(run_dir / "audit")},
-                        "anonymize": {"method": "blur"},
-                        "checks": {"enabled": False},
-                        "run": {"progress": False},
-                    }))
-                    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
-                    wall, oth, out = timed([sys.executable, "-m", "deid.cli.app", "run", str(run_dir / "m.yaml"),
-                                            "--no-progress"], env=env, cwd=run_dir)
-                    done = len(list((run_dir / "release").rglob("*.jpg"))) + len(list((run_dir / "quarantine").rglob("*.jpg")))
-                else:
-                    wall, oth, out = timed([str(deface), str(inp)], cwd=run_dir)
-                    done = len(list(inp.glob("*_anonymized*")))
-                walls[tool].append(wall)
-                others[tool].append(oth)
-                print(f"  .. {tool} round {r + 1}: {n} images in {wall:.2f} s, {done} outputs "
-                      f"(others {oth:.2f} cores)", file=sys.stderr, flush=True)
-                shutil.rmtree(run_dir, ignore_errors=True)
+                        (run_dir / "m.yaml").write_text(yaml.safe_dump({
+                            "input": {"uri": str(inp)},
+                            "output": {"uri": str(run_dir / "release"), "quarantine_uri": str(run_dir / "quarantine"),
+                                       "naming_key_file": str(tmp / "naming.key")},
+                            "audit": {"uri": str(run_dir / "audit")},
+                            "anonymize": {"method": "blur"},
+                            "checks": {"enabled": False},
+                            "run": {"progress": False},
+                        }))
+                        env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+                        wall, oth, out = timed([sys.executable, "-m", "deid.cli.app", "run", str(run_dir / "m.yaml"),
+                                                "--no-progress"], env=env, cwd=run_dir)
+                        done = sum(1 for _ in (run_dir / "release").rglob("*.jpg")) + \
+                            sum(1 for _ in (run_dir / "quarantine").rglob("*.jpg"))
+                    else:
+                        wall, oth, out = timed([str(deface), str(inp)], cwd=run_dir)
+                        done = sum(1 for _ in inp.glob("*_anonymized*"))
+                    walls.setdefault((tool, n), []).append(wall)
+                    others.setdefault((tool, n), []).append(oth)
+                    print(f"  .. {tool} round {r + 1}: {n} images in {wall:.2f} s, {done} outputs "
+                          f"(others {oth:.2f} cores)", file=sys.stderr, flush=True)
+                    shutil.rmtree(run_dir, ignore_errors=True)
         print()
-        print(f"throughput on {n} images from {src} (medians of {args.repeat} rounds; each tool a fresh process, "
-              f"wall from start to exit):")
+        print(f"throughput on the first N images of {src} (medians of {args.repeat} rounds; each tool a fresh "
+              f"process, wall from start to exit):")
         print(f"{'tool':<8} {'images':>6} {'seconds':>8} {'images/s':>9} {'others':>6}")
-        rate = {}
-        for tool in ("deid", "deface"):
-            sec = statistics.median(walls[tool])
-            rate[tool] = n / sec
-            print(f"{tool:<8} {n:6d} {sec:8.2f} {rate[tool]:9.2f} {statistics.median(others[tool]):6.2f}")
-        print(f"ratio deid / deface images/s = {rate['deid'] / rate['deface']:.2f}  (target >= 2.0)")
-        print("per round s: " + "; ".join(f"{t}: " + ", ".join(f"{w:.2f}" for w in walls[t]) for t in walls))
+        rate: dict[tuple[str, int], float] = {}
+        sec: dict[tuple[str, int], float] = {}
+        for n in counts:
+            for tool in ("deid", "deface"):
+                sec[tool, n] = statistics.median(walls[tool, n])
+                rate[tool, n] = n / sec[tool, n]
+                print(f"{tool:<8} {n:6d} {sec[tool, n]:8.2f} {rate[tool, n]:9.2f} "
+                      f"{statistics.median(others[tool, n]):6.2f}")
+        for n in counts:
+            print(f"ratio deid / deface images/s at {n} images = {rate['deid', n] / rate['deface', n]:.2f}  (target >= 2.0)")
+        if len(counts) > 1:
+            lo, hi = counts[0], counts[-1]
+            marg = {t: (hi - lo) / (sec[t, hi] - sec[t, lo]) if sec[t, hi] > sec[t, lo] else float("nan")
+                    for t in ("deid", "deface")}
+            print(f"marginal images/s between {lo} and {hi} images (start-up and model loading cancel out): "
+                  f"deid {marg['deid']:.2f}, deface {marg['deface']:.2f}, ratio {marg['deid'] / marg['deface']:.2f}")
+        print("per round s: " + "; ".join(f"{t} {n}: " + ", ".join(f"{w:.2f}" for w in v) for (t, n), v in walls.items()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{time.strftime('%Y-%m-%d %H:%M %Z')}")
