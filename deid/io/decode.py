@@ -11,14 +11,24 @@ Contract:
   ``frames`` says how many there were; nothing of the other frames is written out.
 
 Error codes (stable, documented in docs/audit.md): ``empty_file``, ``not_an_image``,
-``truncated``, ``corrupt``, ``too_many_pixels``, ``bad_dimensions``. (Reading the bytes
-happens before, in the pipeline stage, whose failures are ``read_error``.)
+``bad_header``, ``unsupported``, ``truncated``, ``corrupt``, ``too_many_pixels``,
+``bad_dimensions``; and from :func:`read_input`, which the pipeline stage calls first:
+``read_error`` and ``not_a_file``.
+
+``not_an_image`` means no image format claims the bytes; ``bad_header`` means the first
+bytes are those of a known format (Pillow's own signature check) but its header cannot be
+read; ``unsupported`` means a readable header of a variant Pillow cannot decode (12-bit
+JPEG, 7-bit BMP, ...). The message carries the format plugin's own reason.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
+import re
+import stat
 import warnings
 from dataclasses import dataclass
 
@@ -48,6 +58,80 @@ class Decoded:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_input(uri: str, storage_options: dict | None = None) -> bytes:
+    """Read the whole input file, or raise :class:`DecodeError` (``read_error``,
+    ``not_a_file``) with a message that names ``uri`` and the reason.
+
+    On a local filesystem the path is checked first with ``os.stat`` (symlinks followed):
+    anything but a regular file is refused, because opening a FIFO blocks until a writer
+    comes and a character device (``/dev/zero``, ``/dev/urandom``) never ends. Object
+    stores hold only plain objects, so no extra request is made there.
+    """
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        if isinstance(fs, LocalFileSystem):
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                if stat.S_ISDIR(st.st_mode):
+                    raise DecodeError("read_error", f"{uri}: is a directory")
+                kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                        else "a character device" if stat.S_ISCHR(st.st_mode)
+                        else "a block device" if stat.S_ISBLK(st.st_mode)
+                        else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+                raise DecodeError("not_a_file", f"{uri}: is {kind}, not a regular file; "
+                                                "reading it could block or never end")
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except DecodeError:
+        raise
+    except FileNotFoundError:
+        raise DecodeError("read_error", f"{uri}: file not found (deleted or a broken link)") from None
+    except PermissionError:
+        raise DecodeError("read_error", f"{uri}: permission denied") from None
+    except IsADirectoryError:
+        raise DecodeError("read_error", f"{uri}: is a directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DecodeError("read_error", f"{uri}: symbolic link loop (too many levels of symbolic links)") from None
+        raise DecodeError("read_error", f"{uri}: cannot read ({exc.strerror or exc})") from None
+
+
+#: plugin reasons that mean "a variant Pillow cannot decode", not damage
+_UNSUPPORTED = re.compile(r"unsupported|not supported|cannot handle|unknown pixel mode|unrecognized mode|"
+                          r"unknown (?:raw )?mode|bit depth|bits per", re.IGNORECASE)
+
+
+def _claimed_format(data: bytes) -> tuple[str | None, str]:
+    """The format whose signature check (Pillow's ``accept``) matches ``data``, and that
+    plugin's own reason for refusing it; ``(None, "")`` if no format claims the bytes."""
+    Image.init()
+    prefix = data[:16]
+    for fmt, (factory, accept) in Image.OPEN.items():
+        if accept is None or fmt in ("MPEG", "IPTC"):  # too loose to call a match
+            continue
+        try:
+            if not accept(prefix):
+                continue
+        except Exception:  # noqa: BLE001 - a signature check that chokes is no match
+            continue
+        try:
+            factory(io.BytesIO(data), "")
+        except Exception as exc:  # noqa: BLE001 - we want the plugin's reason, whatever it is
+            return fmt, (str(exc) or type(exc).__name__)
+        return fmt, "opened on its own but not by Image.open"
+    return None, ""
+
+
+def _webp_truncated(data: bytes) -> bool:
+    """RIFF says how long a WebP file is; fewer bytes than that means it was cut off."""
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return len(data) < int.from_bytes(data[4:8], "little") + 8
+    return False
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -80,6 +164,9 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "") -> Decoded:
     if len(data) == 0:
         raise DecodeError("empty_file", f"{label}: file is empty (0 bytes)")
     digest = sha256_hex(data)
+    if _webp_truncated(data):
+        declared = int.from_bytes(data[4:8], "little") + 8
+        raise DecodeError("truncated", f"{label}: WebP data is truncated ({len(data)} of {declared} bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -102,9 +189,16 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "") -> Decoded:
     except DecodeError:
         raise
     except UnidentifiedImageError:
-        raise DecodeError("not_an_image", f"{label}: not a recognised image format ({len(data)} bytes)") from None
+        fmt, why = _claimed_format(data)
+        if fmt is None:
+            raise DecodeError("not_an_image", f"{label}: not a recognised image format ({len(data)} bytes)") from None
+        if _UNSUPPORTED.search(why):
+            raise DecodeError("unsupported", f"{label}: {fmt} variant that cannot be decoded ({why})") from None
+        raise DecodeError("bad_header", f"{label}: starts like a {fmt} file but its header cannot be read ({why})") from None
     except (OSError, SyntaxError, EOFError) as exc:
         text = str(exc)
+        if _UNSUPPORTED.search(text):
+            raise DecodeError("unsupported", f"{label}: image variant that cannot be decoded ({text})") from None
         if "truncated" in text.lower() or isinstance(exc, EOFError):
             raise DecodeError("truncated", f"{label}: image data is truncated ({text})") from None
         raise DecodeError("corrupt", f"{label}: image data is corrupt ({text})") from None

@@ -26,7 +26,7 @@ from deid.audit.check import IdentityChecker
 from deid.audit.schema import AUDIT_SCHEMA
 from deid.config.schema import Manifest
 from deid.faces import make_detector
-from deid.io.decode import DecodeError, decode_image, sha256_hex
+from deid.io.decode import DecodeError, decode_image, read_input, sha256_hex
 from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, resolve_format
 from deid.privacy.service import call
 
@@ -107,8 +107,7 @@ class ProcessRecords:
         from other actors). Each item is the bytes, or the exception its read raised."""
         def read(uri):
             try:
-                with fsspec.open(uri, "rb", **self.in_opts) as f:
-                    return f.read()
+                return read_input(uri, self.in_opts)
             except Exception as exc:  # noqa: BLE001 - reported per record by _process
                 return exc
 
@@ -199,22 +198,12 @@ class ProcessRecords:
         t = time.perf_counter()
         try:
             if data is None:
-                with fsspec.open(uri, "rb", **self.in_opts) as f:
-                    data = f.read()
+                data = read_input(uri, self.in_opts)  # read_error / not_a_file (FIFO, device)
             elif isinstance(data, BaseException):
                 raise data
-        except FileNotFoundError:
+        except DecodeError as exc:
             timings["read_ms"] = _ms(t)
-            return self._fail(row, "read_error", f"{uri}: file not found (deleted or a broken link)")
-        except PermissionError:
-            timings["read_ms"] = _ms(t)
-            return self._fail(row, "read_error", f"{uri}: permission denied")
-        except IsADirectoryError:
-            timings["read_ms"] = _ms(t)
-            return self._fail(row, "read_error", f"{uri}: is a directory")
-        except OSError as exc:
-            timings["read_ms"] = _ms(t)
-            return self._fail(row, "read_error", f"{uri}: cannot read ({exc.strerror or exc})")
+            return self._fail(row, exc.code, exc.message)
         timings["read_ms"] = _ms(t)
 
         # decode
