@@ -108,7 +108,9 @@ def distance_figure(metrics: dict, groups: list[Group]):
         data = [[m.dist[rec["name"]] for m in g.records] for g in groups]
         ax.boxplot(data, orientation="horizontal", tick_labels=[g.label for g in groups], widths=0.6)
         ax.axvline(rec["same_person_threshold"], color="red", lw=1, ls="--")
-        ax.set_xlabel(f"identity distance, original vs anonymized ({rec['name']}; red: same-person threshold)")
+        ax.set_xlabel("identity distance, original vs anonymized")
+        ax.set_title(f"{rec['name']} (red: same-person threshold)", fontsize=9)
+        ax.set_xlim(left=0)
         ax.tick_params(axis="y", labelsize=8)
         ax.invert_yaxis()
     return fig
