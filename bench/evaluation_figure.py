@@ -31,6 +31,20 @@ GRID = [
 ]
 
 
+def cost_lines(out: Path, metrics: dict) -> list[str]:
+    """Evaluation cost against the cost of the runs it evaluates (same machine, same time)."""
+    runs = [json.loads((out / "audit" / "summaries" / f"{r}.json").read_text()) for r in metrics["run_ids"]]
+    run_s = sum(r["wall_seconds"] for r in runs)
+    n_run = sum(r["inputs"] for r in runs)
+    n_eval = metrics["selection"]["evaluated"]
+    ev = metrics["wall_seconds"] / max(1, n_eval)
+    rr = run_s / max(1, n_run)
+    return [f"{'stage':<34} {'records':>8} {'seconds':>9} {'s/record':>9}",
+            f"{'deid run (inline, all points)':<34} {n_run:>8} {run_s:>9.0f} {rr:>9.3f}",
+            f"{'deid evaluate (all points)':<34} {n_eval:>8} {metrics['wall_seconds']:>9.0f} {ev:>9.3f}",
+            f"ratio evaluate/run per record: {ev / rr:.2f}"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/shared/data/lfw-dev")
@@ -70,6 +84,8 @@ def main() -> None:
     ref = metrics["reference"]
     print("no anonymization (T1 on originals):",
           {k: v["top1"] for k, v in ref["recognizers"].items()}, f"n={ref['n_records']}, subjects={ref['n_subjects']}")
+    for line in cost_lines(out, metrics):
+        print(line)
     img = Path(__file__).resolve().parents[1] / "docs" / "img" / "evaluation-lfw-dev.png"
     shutil.copy(uris["curves"], img)
     print(json.dumps(uris))

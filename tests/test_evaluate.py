@@ -20,6 +20,8 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from scipy.stats import binomtest
 from typer.testing import CliRunner
@@ -212,3 +214,25 @@ def test_subject_by_longest_path_suffix_and_param_grammar():
     for bad in ("anonymize.params.sigma", "=1,2", "anonymize..sigma=1", "a.b="):
         with pytest.raises(SweepError):
             parse_param(bad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 6), st.integers(2, 4), st.integers(0, 10_000))
+def test_identification_properties(n_subjects, per_subject, seed):
+    rng = np.random.default_rng(seed)
+    subj = np.repeat(np.arange(n_subjects).astype(str), per_subject)
+    emb = rng.normal(size=(len(subj), 4))
+    src = np.arange(len(subj))
+    ex = src[:, None] == src[None, :]
+    res = identify(emb, subj, emb, subj, exclude=ex)
+    assert res["n_probes"] == len(subj) and res["n_gallery_subjects"] == n_subjects
+    assert 0 <= res["top1"] <= res["top5"] <= 1
+    assert res["chance_top1"] == pytest.approx(1 / n_subjects)
+    # the gallery's order does not matter
+    perm = rng.permutation(len(subj))
+    again = identify(emb[perm], subj[perm], emb, subj, exclude=ex[:, perm])
+    assert again["top1"] == res["top1"] and again["top5"] == res["top5"]
+    # well-separated people are always found
+    centers = rng.normal(size=(n_subjects, 4)) * 100
+    tight = centers[np.repeat(np.arange(n_subjects), per_subject)] + rng.normal(size=emb.shape) * 0.01
+    assert identify(tight, subj, tight, subj, exclude=ex)["top1"] == 1.0

@@ -68,7 +68,7 @@ class Measured:
     dist: dict
     hog: np.ndarray
     thumb: np.ndarray
-    orig_thumb: np.ndarray
+    orig: "Original"           # the measured original (same geometry as this output)
     image: dict
     face: dict
     det_configured: list
@@ -242,7 +242,7 @@ class Evaluator:
             g.records.append(Measured(
                 record_id=r["record_id"], source=r["input_uri"], subject=subject, emb=emb, dist=dist,
                 hog=utility.hog_features(arcface_crop(out, orig.geom)), thumb=_thumb(out, orig.geom),
-                orig_thumb=orig.thumb, image=utility.image_metrics(orig_rgb, out),
+                orig=orig, image=utility.image_metrics(orig_rgb, out),
                 face=utility.image_metrics(utility.crop_box(orig_rgb, orig.geom.box), utility.crop_box(out, orig.geom.box)),
                 det_configured=utility.matched(found, orig.boxes), det_second=det2, det_second_orig=det2o,
             ))
@@ -280,7 +280,7 @@ class Evaluator:
                 seen.setdefault(m.source, m)
         srcs = sorted(seen)
         subjects = np.array([seen[s].subject for s in srcs])
-        origs = {s: self._orig_by_source(s) for s in srcs}
+        origs = {s: seen[s].orig for s in srcs}
         out = {"n_records": len(srcs), "n_subjects": int(len(set(subjects))), "recognizers": {}}
         for rec in self.recognizers:
             e = np.array([origs[s].emb[rec.name] for s in srcs]) if srcs else np.zeros((0, rec.dim))
@@ -289,16 +289,10 @@ class Evaluator:
             out["recognizers"][rec.name] = res
         return out
 
-    def _orig_by_source(self, source: str) -> Original:
-        for k, v in self._originals.items():
-            if k[0] == source and v is not None:
-                return v
-        raise KeyError(source)
-
     def _group_metrics(self, g: Group) -> dict:
         subjects = np.array([m.subject for m in g.records])
         sources = np.array([m.source for m in g.records])
-        origs = [self._orig_by_source(m.source) for m in g.records]
+        origs = [m.orig for m in g.records]
         privacy = {}
         for rec in self.recognizers:
             o = np.array([x.emb[rec.name] for x in origs])

@@ -123,10 +123,14 @@ def _sheet(recs, originals: bool, pad: int = 2) -> np.ndarray:
     for j, m in enumerate(recs):
         x = pad + j * (t + pad)
         if originals:
-            sheet[pad:pad + t, x:x + t] = m.orig_thumb
+            sheet[pad:pad + t, x:x + t] = _othumb(m)
         y = pad + (n_rows - 1) * (t + pad)
         sheet[y:y + t, x:x + t] = m.thumb
     return sheet
+
+
+def _othumb(m) -> np.ndarray:
+    return m.orig.thumb if hasattr(m, "orig") else m.orig_thumb
 
 
 def render(metrics: dict, groups: list[Group], originals: bool = True) -> str:
@@ -218,7 +222,7 @@ Originals {'shown' if originals else 'left out of this report'}.</p>""")
         parts.append(f"<h2>Worst cases</h2><p class='note'>The {len(allm)} anonymized faces closest to their original under "
                      f"{e(check)} (smallest identity distance), over all groups.</p><table><tr>")
         for dist, label, m in allm:
-            pic = np.concatenate([m.orig_thumb, m.thumb], axis=1) if originals else m.thumb
+            pic = np.concatenate([_othumb(m), m.thumb], axis=1) if originals else m.thumb
             parts.append(f"<td class='l'><img alt='worst case' src='{_png_array(pic)}'><br>{e(label)}<br>"
                          f"record {e(m.record_id[:10])}<br>{check}: {dist:.3f}; "
                          + "; ".join(f"{k}: {v:.3f}" for k, v in m.dist.items() if k != check) + "</td>")
