@@ -51,9 +51,12 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/deid-evalfig")
     ap.add_argument("--second-max", type=int, default=60)
     ap.add_argument("--per-subject", type=int, default=4, help="photos per identity (first N by name); 0: all")
+    ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the runs already under OUT (no new runs)")
     args = ap.parse_args()
     os.environ.setdefault("DEID_SUBJECT_KEY", "evaluation-figure-scratch-key-0123456789")
     out = Path(args.out)
+    if args.evaluate_only:
+        return reevaluate(out, args.second_max)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     data = Path(args.data)
@@ -84,11 +87,35 @@ def main() -> None:
     ref = metrics["reference"]
     print("no anonymization (T1 on originals):",
           {k: v["top1"] for k, v in ref["recognizers"].items()}, f"n={ref['n_records']}, subjects={ref['n_subjects']}")
+    report(out, metrics, uris)
+
+
+def report(out: Path, metrics: dict, uris: dict) -> None:
     for line in cost_lines(out, metrics):
         print(line)
     img = Path(__file__).resolve().parents[1] / "docs" / "img" / "evaluation-lfw-dev.png"
     shutil.copy(uris["curves"], img)
     print(json.dumps(uris))
+
+
+def reevaluate(out: Path, second_max: int) -> None:
+    """Evaluate every run of an earlier sweep under ``out`` again (after a change to evaluate)."""
+    from deid.evaluate.core import Evaluator
+    from deid.evaluate.report import curves_figure
+    from deid.evaluate.run import write_outputs
+
+    ev = Evaluator(second_detector_max=second_max)
+    metrics, groups, _ = ev.evaluate(str(out / "audit"), str(out / "data" / "subjects.csv"), all_runs=True,
+                                     include_quarantined=True)
+    metrics["sweep"] = {"params": GRID, "points": [g["label"] for g in metrics["groups"]]}
+    uris = write_outputs(str(out), metrics, groups)
+    curves_figure(metrics).savefig(out / "sweep.png", dpi=120, bbox_inches="tight")
+    uris["curves"] = str(out / "sweep.png")
+    print(f"{len(metrics['groups'])} groups, {metrics['selection']['evaluated']} outputs evaluated; "
+          f"evaluation {metrics['wall_seconds']:.0f} s")
+    for line in summary_lines(metrics):
+        print(line)
+    report(out, metrics, uris)
 
 
 if __name__ == "__main__":

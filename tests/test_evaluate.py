@@ -198,6 +198,10 @@ def test_identification_known_answers():
     probes = np.array([[1.0], [2.05]])
     res = identify(g, subj, probes, np.array(["a", "c"]))
     assert res["top1"] == 0.5 and res["top5"] == 1.0
+    # identical embeddings (faces masked out entirely) score chance, not 100%
+    flat = np.zeros((6, 3))
+    res = identify(flat, subj, flat, subj, exclude=src[:, None] == src[None, :])
+    assert res["top1"] == pytest.approx(1 / 3) and res["top5"] == 1.0
     # a probe whose subject has no other photo in the gallery is not counted
     res = identify(g[:5], subj[:5], g[4:5], subj[4:5], exclude=np.array([[False] * 4 + [True]]))
     assert res["n_probes"] == 0 and res["top1"] is None

@@ -6,7 +6,10 @@ succeeds at top-k if the probe's own subject is among the k nearest. A photo is 
 matched against itself or its own other version (``exclude``): the attacker must recognise
 the person from *other* photos. Probes whose subject has no other photo in the gallery
 are not counted (``n_probes`` says how many were). Chance level is reported beside each
-rate: ``mean over probes of k / n_gallery_subjects``.
+rate: ``mean over probes of k / n_gallery_subjects``. Ties are broken at random, in
+expectation: a probe whose own subject ties with t others at rank r counts as
+``clip((k - r) / (t + 1), 0, 1)`` of a hit at top-k (identical embeddings, e.g. of faces
+masked out entirely, score chance, not 100%).
 
 * T1: gallery = original photos, probe = anonymized photos (the attacker holds other,
   clear photos of the people and looks up the release);
@@ -48,23 +51,31 @@ def identify(gallery: np.ndarray, gallery_subjects: np.ndarray, probes: np.ndarr
     own = np.searchsorted(subjects, probe_subjects)
     own = np.clip(own, 0, max(len(subjects) - 1, 0))
     counted = np.zeros(len(probes), bool)
-    rank = np.full(len(probes), np.iinfo(np.int64).max)
+    less = np.zeros(len(probes))
+    ties = np.zeros(len(probes))
     for p in range(len(probes)):
         if len(subjects) == 0 or subjects[own[p]] != probe_subjects[p] or not avail[p, own[p]] or n_avail[p] < 2:
             continue
         counted[p] = True
-        rank[p] = int((s[p][avail[p]] < s[p, own[p]]).sum())
+        row, mine = s[p][avail[p]], s[p, own[p]]
+        less[p] = (row < mine).sum()
+        ties[p] = (row == mine).sum() - 1
     out: dict = {"n_probes": int(counted.sum()),
                  "n_gallery_subjects": int(len(subjects))}
     for k in ks:
         if counted.any():
-            out[f"top{k}"] = float((rank[counted] < k).mean())
+            out[f"top{k}"] = float(_hit(less[counted], ties[counted], k).mean())
             out[f"chance_top{k}"] = float(np.mean(np.minimum(k, n_avail[counted]) / n_avail[counted]))
         else:
             out[f"top{k}"] = None
             out[f"chance_top{k}"] = None
-    out["hits_top1"] = counted & (rank < 1)
+    out["hits_top1"] = counted & (_hit(less, ties, 1) > 0.5)
     return out
+
+
+def _hit(less: np.ndarray, ties: np.ndarray, k: int) -> np.ndarray:
+    """Expected hit at top-k when the true subject has ``less`` better and ``ties`` equal rivals."""
+    return np.clip((k - less) / (ties + 1), 0.0, 1.0)
 
 
 def threat_models(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.ndarray) -> dict:
@@ -104,11 +115,11 @@ def classifier_t1(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, fold
             if not keep.any():
                 continue
             proba = clf.predict_proba(anon[te][keep])
-            order = np.argsort(-proba, axis=1)
             truth = np.searchsorted(clf.classes_, subjects[te][keep])
-            rank = np.argmax(order == truth[:, None], axis=1)
-            top1.extend(rank < 1)
-            top5.extend(rank < 5)
+            mine = proba[np.arange(len(truth)), truth][:, None]
+            less, ties = (proba > mine).sum(axis=1), (proba == mine).sum(axis=1) - 1
+            top1.extend(_hit(less, ties, 1))
+            top5.extend(_hit(less, ties, 5))
             n_classes.extend([len(classes)] * int(keep.sum()))
     if not top1:
         return {"top1": None, "top5": None, "n_probes": 0, "chance_top1": None, "chance_top5": None, "folds": folds}

@@ -47,6 +47,12 @@ def _fmt(v, pct=False, nd=3) -> str:
     return f"{v:.{nd}f}"
 
 
+def _short(label: str) -> str:
+    """``strength=0.05`` -> ``0.05`` (the legend names the method; one varying parameter)."""
+    parts = label.strip().split()
+    return " ".join(p.split("=", 1)[-1] for p in parts) if len(parts) == 1 else label.strip()
+
+
 def curves_figure(metrics: dict):
     """T1 top-1 against detection rate and against face SSIM, one curve per method and recognizer."""
     import matplotlib
@@ -66,7 +72,7 @@ def curves_figure(metrics: dict):
             name = rec["name"]
             ls, mk = MARKERS.get(name, ("-.", "^"))
             for m in methods:
-                pts = [(xget(g), g["privacy"][name]["attacks"]["T1"]["top1"], g["label"][len(m):].strip())
+                pts = [(xget(g), g["privacy"][name]["attacks"]["T1"]["top1"], _short(g["label"][len(m):]))
                        for g in groups if g["method"] == m]
                 pts = [p for p in pts if p[0] is not None and p[1] is not None]  # in grid order
                 if not pts:
@@ -130,7 +136,7 @@ def _sheet(recs, originals: bool, pad: int = 2) -> np.ndarray:
 
 
 def _othumb(m) -> np.ndarray:
-    return m.orig.thumb if hasattr(m, "orig") else m.orig_thumb
+    return m.orig.thumb
 
 
 def render(metrics: dict, groups: list[Group], originals: bool = True) -> str:
