@@ -31,6 +31,29 @@ GRID = [
 ]
 
 
+def table_lines(metrics: dict) -> list[str]:
+    """The markdown table of docs/evaluation.md (rates in %)."""
+    def p(x):
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    ref = metrics["reference"]["recognizers"]
+    lines = ["| group | T1 top-1 dlib | T1 top-1 MFN | T1 top-5 MFN | T1 LR MFN | T2 top-1 MFN | T3 top-1 MFN "
+             "| T3 top-1 dlib | de-id rate dlib / MFN | detected (HOG) | detected (CNN) | SSIM face | PSNR face | Fréchet |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| *no anonymization* | {p(ref['dlib-resnet128']['top1'])} | {p(ref['mobilefacenet']['top1'])} "
+             f"| {p(ref['mobilefacenet']['top5'])} | | | | | | 100 | | 1 | | 0 |"]
+    for g in metrics["groups"]:
+        d, f, u = g["privacy"]["dlib-resnet128"], g["privacy"]["mobilefacenet"], g["utility"]
+        dr = u["detection_rate"]
+        lines.append(
+            f"| {g['label']} | {p(d['attacks']['T1']['top1'])} | {p(f['attacks']['T1']['top1'])} "
+            f"| {p(f['attacks']['T1']['top5'])} | {p(f['attacks']['T1_classifier']['top1'])} "
+            f"| {p(f['attacks']['T2']['top1'])} | {p(f['attacks']['T3']['top1'])} | {p(d['attacks']['T3']['top1'])} "
+            f"| {p(d['deid_rate'])} / {p(f['deid_rate'])} | {p(dr['configured']['rate'])} | {p(dr['second']['rate'])} "
+            f"| {u['face']['ssim']:.3f} | {u['face']['psnr']:.1f} | {u['frechet']['value']:.1f} |")
+    return lines
+
+
 def cost_lines(out: Path, metrics: dict) -> list[str]:
     """Evaluation cost against the cost of the runs it evaluates (same machine, same time)."""
     runs = [json.loads((out / "audit" / "summaries" / f"{r}.json").read_text()) for r in metrics["run_ids"]]
@@ -91,6 +114,8 @@ def main() -> None:
 
 
 def report(out: Path, metrics: dict, uris: dict) -> None:
+    for line in table_lines(metrics):
+        print(line)
     for line in cost_lines(out, metrics):
         print(line)
     img = Path(__file__).resolve().parents[1] / "docs" / "img" / "evaluation-lfw-dev.png"
