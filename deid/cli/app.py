@@ -10,12 +10,15 @@ import typer
 
 from deid import __version__
 from deid.cli.budget import app as budget_app
+from deid.cli.evaluate import evaluate_cmd, sweep_cmd
 from deid.cli.latent import latent_app
 from deid.config import ManifestError, load_manifest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="De-identify face image datasets, with an audit row for every record.")
 app.add_typer(budget_app, name="budget")
 app.add_typer(latent_app, name="latent")
+app.command("evaluate")(evaluate_cmd)
+app.command("sweep")(sweep_cmd)
 
 
 def _load(manifest: Path):

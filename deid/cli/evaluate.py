@@ -1,0 +1,89 @@
+"""``deid evaluate`` and ``deid sweep``: thin wrappers over :mod:`deid.evaluate`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+MFN_HELP = "MobileFaceNet .tflite (default: $DEID_MOBILEFACENET, else the cache `make install` fills)"
+SECOND_HELP = "second detector for the detection rate: auto (dlib-cnn, or dlib-hog when the run used dlib-cnn), dlib-hog, dlib-cnn, none"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def evaluate_cmd(
+    audit: str = typer.Option(..., "--audit", help="audit URI of a finished run (the run's audit.uri)"),
+    subjects: str = typer.Option(..., "--subjects", help="CSV or Parquet with columns path, subject (paths relative to the run's input.uri)"),
+    out: str = typer.Option(..., "--out", help="folder for metrics.json and report.html"),
+    run_id: list[str] = typer.Option(None, "--run-id", help="run(s) to evaluate (repeatable); default: the latest run"),
+    all_runs: bool = typer.Option(False, "--all-runs", help="evaluate every run in the audit"),
+    include_quarantined: bool = typer.Option(False, "--include-quarantined", help="also evaluate quarantined outputs"),
+    no_originals: bool = typer.Option(False, "--no-originals", help="leave original faces out of report.html (for sharing it)"),
+    mobilefacenet: str = typer.Option(None, "--mobilefacenet", help=MFN_HELP),
+    second_detector: str = typer.Option("auto", "--second-detector", help=SECOND_HELP),
+    second_detector_max: int = typer.Option(None, "--second-detector-max", help="run the second detector on about this many records per run (it is slow)"),
+) -> None:
+    """Measure re-identification risk and utility of a finished run; write metrics.json and report.html."""
+    from deid.evaluate import EvaluateError, evaluate_run
+    from deid.evaluate.models import ModelMissing
+
+    _setup_logging()
+    try:
+        metrics, uris = evaluate_run(audit, subjects, out, run_ids=run_id or None, all_runs=all_runs,
+                                     include_quarantined=include_quarantined, originals=not no_originals,
+                                     mobilefacenet=mobilefacenet, second_detector=second_detector,
+                                     second_detector_max=second_detector_max)
+    except (EvaluateError, ModelMissing, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print(metrics, uris)
+
+
+def sweep_cmd(
+    manifest: Path = typer.Argument(..., help="job manifest (YAML): inputs, detector, latent model, ledger"),
+    param: list[str] = typer.Option(..., "--param", help="[METHOD:]KEY=V1,V2,... e.g. anonymize.params.sigma=1,2,4,8 or pixelate:anonymize.params.blocks=16,8,4 (repeatable)"),
+    out: str = typer.Option(..., "--out", help="local folder: runs/, audit/, metrics.json, report.html, sweep.png"),
+    subjects: str = typer.Option(None, "--subjects", help="path -> subject labels (default: the manifest's input.subjects)"),
+    inline: bool = typer.Option(False, "--inline", help="run in this process without Ray"),
+    no_originals: bool = typer.Option(False, "--no-originals", help="leave original faces out of report.html"),
+    mobilefacenet: str = typer.Option(None, "--mobilefacenet", help=MFN_HELP),
+    second_detector: str = typer.Option("auto", "--second-detector", help=SECOND_HELP),
+    second_detector_max: int = typer.Option(None, "--second-detector-max", help="run the second detector on about this many records per run"),
+) -> None:
+    """Run a grid of method strengths on the same inputs and plot privacy-utility curves."""
+    from deid.cli.app import _load
+    from deid.evaluate import EvaluateError
+    from deid.evaluate.models import ModelMissing
+    from deid.evaluate.sweep import SweepError, sweep
+    from deid.io.listing import ListingError
+    from deid.pipeline import RunError
+
+    _setup_logging()
+    m = _load(manifest)
+    try:
+        metrics, uris = sweep(m, param, out, subjects=subjects, engine="inline" if inline else "ray",
+                              originals=not no_originals, mobilefacenet=mobilefacenet, second_detector=second_detector,
+                              second_detector_max=second_detector_max, echo=typer.echo)
+    except (SweepError, EvaluateError, ModelMissing, ListingError, RunError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print(metrics, uris)
+
+
+def _print(metrics: dict, uris: dict) -> None:
+    from deid.evaluate.sweep import summary_lines
+
+    sel = metrics["selection"]
+    typer.echo(f"evaluated {sel['evaluated']} outputs of run(s) {', '.join(metrics['run_ids'])}"
+               + (f"; skipped {sel['skipped']}" if sel["skipped"] else "")
+               + (f"; errors {sel['errors']}" if sel["errors"] else ""))
+    for line in summary_lines(metrics):
+        typer.echo("  " + line)
+    ref = metrics["reference"]["recognizers"]
+    typer.echo("  no anonymization, T1 top-1: " + ", ".join(f"{k} {100 * v['top1']:.1f}%" for k, v in ref.items() if v["top1"] is not None))
+    for k, v in uris.items():
+        typer.echo(f"  {k:<8} {v}")

@@ -1,0 +1,384 @@
+"""``deid evaluate``: measure a finished run against subject labels.
+
+Contract:
+* reads the audit (``<audit>/records/*.parquet``) of the latest run by default (the run
+  named in ``<audit>/summary.json``), or the runs asked for; originals through
+  ``input_uri``, outputs through ``output_uri`` (fsspec);
+* subjects: the ``path -> subject`` CSV/Parquet of ``deid run``; a record's subject is the
+  entry whose path is the longest suffix of its ``input_uri`` (paths are relative to
+  the run's ``input.uri``);
+* one *group* per (run, method, params); the identity measurements use the subject's face
+  of each photo (its largest audit box), the detection rate uses every face;
+* a record that cannot be evaluated (no subject, no face, no output, unreadable file,
+  output of another size) is counted in ``selection`` by reason; unreadable files are
+  logged with their path and reason, and the rest goes on;
+* original embeddings are computed once per evaluator and reused across groups and calls;
+* nothing secret at rest: metrics.json holds rates, counts and distances only, never
+  embeddings, subject names or paths of records.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import posixpath
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+
+from deid import __version__
+from deid.evaluate import attacks, utility
+from deid.evaluate.recognizers import DlibResNet, FaceGeometry, Landmarker, MobileFaceNet, arcface_crop
+
+log = logging.getLogger("deid.evaluate")
+
+SCHEMA_ID = "deid-evaluate-metrics/1"
+THUMB = 96          # contact-sheet thumbnails (pixels)
+HIST_EDGES = np.round(np.linspace(0.0, 2.0, 21), 3)
+
+
+class EvaluateError(Exception):
+    """The evaluation cannot start (missing audit, no run, no labels): the message says why."""
+
+
+@dataclass
+class Original:
+    subject: str
+    geom: FaceGeometry
+    boxes: list
+    emb: dict                  # recognizer name -> vector
+    hog: np.ndarray
+    thumb: np.ndarray
+    rgb_shape: tuple
+    second_found: list | None = None   # second detector on the original (lazy)
+
+
+@dataclass
+class Measured:
+    """One evaluated record of a group (kept in memory for the report only)."""
+
+    record_id: str
+    source: str
+    subject: str
+    emb: dict
+    dist: dict
+    hog: np.ndarray
+    thumb: np.ndarray
+    orig: "Original"           # the measured original (same geometry as this output)
+    image: dict
+    face: dict
+    det_configured: list
+    det_second: list | None
+    det_second_orig: list | None
+
+
+@dataclass
+class Group:
+    key: tuple
+    run_id: str
+    method: str
+    params: dict
+    records: list = field(default_factory=list)
+    label: str = ""
+
+
+def _read(uri: str, storage_options: dict | None, max_pixels: int = 64_000_000) -> np.ndarray:
+    from deid.io.decode import decode_image
+
+    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        data = f.read()
+    return decode_image(data, max_pixels=max_pixels, name=uri).rgb
+
+
+def subject_of(uri: str, subjects: dict[str, str]) -> str | None:
+    """The subject whose path is the longest suffix of ``uri`` (on a path-component boundary)."""
+    parts = uri.replace("\\", "/").split("/")
+    for i in range(len(parts)):
+        s = subjects.get("/".join(parts[i:]))
+        if s is not None:
+            return s
+    return None
+
+
+def select_runs(table, summary_run: str | None, run_ids: list[str] | None, all_runs: bool) -> list[str]:
+    present = sorted(set(table.column("run_id").to_pylist()))
+    if not present:
+        raise EvaluateError("the audit has no records")
+    if all_runs:
+        return present
+    if run_ids:
+        missing = [r for r in run_ids if r not in present]
+        if missing:
+            raise EvaluateError(f"run id(s) {', '.join(missing)} not in the audit (runs: {', '.join(present[-5:])})")
+        return list(run_ids)
+    if summary_run in present:
+        return [summary_run]
+    return [present[-1]]  # run ids start with their UTC start time
+
+
+def _thumb(rgb: np.ndarray, geom: FaceGeometry) -> np.ndarray:
+    return arcface_crop(rgb, geom, size=THUMB, scale=0.75)
+
+
+class Evaluator:
+    """Models load once; originals are measured once per evaluator (in memory only)."""
+
+    def __init__(self, mobilefacenet: str | None = None, second_detector: str | None = "auto",
+                 second_detector_max: int | None = None, storage_options: dict | None = None):
+        self.landmarker = Landmarker()
+        self.recognizers = [DlibResNet(), MobileFaceNet(mobilefacenet)]
+        self.second_detector = second_detector
+        self.second_detector_max = second_detector_max
+        self.storage_options = storage_options or {}
+        self._originals: dict[tuple, Original | None] = {}
+        self._detectors: dict[str, object] = {}
+
+    # ------------------------------------------------------------------ pieces
+    def detector(self, name: str):
+        if name not in self._detectors:
+            self._detectors[name] = utility.make_detector(name)
+        return self._detectors[name]
+
+    def original(self, uri: str, sha: str | None, boxes: list, subject: str) -> Original:
+        key = (uri, sha, tuple(tuple(b) for b in boxes))
+        if key not in self._originals:
+            rgb = _read(uri, self.storage_options)
+            box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+            geom = self.landmarker.geometry(rgb, box)
+            emb = {r.name: r.embed(rgb, [geom])[0] for r in self.recognizers}
+            self._originals[key] = Original(subject=subject, geom=geom, boxes=[tuple(b) for b in boxes], emb=emb,
+                                            hog=utility.hog_features(arcface_crop(rgb, geom)), thumb=_thumb(rgb, geom),
+                                            rgb_shape=rgb.shape)
+            self._last_rgb = (key, rgb)
+        return self._originals[key]
+
+    def _original_rgb(self, key, uri):
+        if getattr(self, "_last_rgb", (None,))[0] == key:
+            return self._last_rgb[1]
+        return _read(uri, self.storage_options)
+
+    # ------------------------------------------------------------------ main
+    def evaluate(self, audit_uri: str, subjects_uri: str, run_ids: list[str] | None = None, all_runs: bool = False,
+                 include_quarantined: bool = False, detector: str | None = None,
+                 audit_storage_options: dict | None = None) -> tuple[dict, list[Group], dict]:
+        """Return ``(metrics, groups, reference_data)``; see module contract."""
+        from deid.audit.writer import read_audit
+        from deid.io.listing import ListingError, load_subjects
+
+        t0 = time.perf_counter()
+        try:
+            table = read_audit(audit_uri, storage_options=audit_storage_options)
+        except (FileNotFoundError, OSError) as exc:
+            raise EvaluateError(f"{audit_uri}: cannot read the audit records ({exc})") from None
+        summary_run = None
+        try:
+            with fsspec.open(posixpath.join(audit_uri.rstrip("/"), "summary.json"), "r", **(audit_storage_options or {})) as f:
+                summary_run = json.load(f).get("run_id")
+        except (FileNotFoundError, OSError, ValueError):
+            pass
+        runs = select_runs(table, summary_run, run_ids, all_runs)
+        try:
+            subjects = load_subjects(subjects_uri)
+        except ListingError as exc:
+            raise EvaluateError(str(exc)) from None
+
+        rows = [r for r in table.to_pylist() if r["run_id"] in runs]
+        statuses = ("released", "quarantined") if include_quarantined else ("released",)
+        skipped: Counter = Counter()
+        errors: Counter = Counter()
+        groups: dict[tuple, Group] = {}
+        configured = detector or _configured_detector(rows)
+        second = utility.second_detector_for(configured) if self.second_detector == "auto" else self.second_detector
+        per_run = Counter(r["run_id"] for r in rows if r["status"] in statuses)
+
+        for r in sorted(rows, key=lambda r: (r["run_id"], r["input_uri"] or "")):
+            if r["status"] not in statuses or not r["output_uri"]:
+                skipped["not_" + "_or_".join(statuses)] += 1
+                continue
+            subject = subject_of(r["input_uri"], subjects)
+            if subject is None:
+                skipped["no_subject"] += 1
+                continue
+            boxes = [f["box"] for f in (r["faces"] or []) if f.get("box")]
+            if not boxes:
+                skipped["no_face"] += 1
+                continue
+            params = json.loads(r["params_json"] or "{}")
+            key = (r["run_id"], r["method"], json.dumps(params, sort_keys=True))
+            g = groups.setdefault(key, Group(key=key, run_id=r["run_id"], method=r["method"], params=params))
+            try:
+                orig = self.original(r["input_uri"], r["input_sha256"], boxes, subject)
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the evaluation
+                errors[_code(exc)] += 1
+                log.warning("%s: cannot evaluate the original (%s)", r["input_uri"], exc)
+                continue
+            try:
+                out = _read(r["output_uri"], self.storage_options)
+                if out.shape != orig.rgb_shape:
+                    raise ValueError(f"output is {out.shape[1]}x{out.shape[0]}, original {orig.rgb_shape[1]}x{orig.rgb_shape[0]}")
+            except Exception as exc:  # noqa: BLE001
+                errors[_code(exc)] += 1
+                log.warning("%s: cannot evaluate the output (%s)", r["output_uri"], exc)
+                continue
+            okey = (r["input_uri"], r["input_sha256"], tuple(tuple(b) for b in boxes))
+            orig_rgb = self._original_rgb(okey, r["input_uri"])
+            emb = {rec.name: rec.embed(out, [orig.geom])[0] for rec in self.recognizers}
+            dist = {n: float(np.linalg.norm(emb[n] - orig.emb[n])) for n in emb}
+            found = [f.box for f in self.detector(configured).detect(out)]
+            det2 = det2o = None
+            if second and second != "none":
+                # a fixed, content-independent sample of the run (by record id hash) when capped
+                take = (self.second_detector_max is None
+                        or int(r["record_id"][:8], 16) / 2**32 < self.second_detector_max / max(1, per_run[r["run_id"]]))
+                if take:
+                    det2 = utility.matched([f.box for f in self.detector(second).detect(out)], orig.boxes)
+                    if orig.second_found is None:
+                        orig.second_found = utility.matched([f.box for f in self.detector(second).detect(orig_rgb)], orig.boxes)
+                    det2o = orig.second_found
+            g.records.append(Measured(
+                record_id=r["record_id"], source=r["input_uri"], subject=subject, emb=emb, dist=dist,
+                hog=utility.hog_features(arcface_crop(out, orig.geom)), thumb=_thumb(out, orig.geom),
+                orig=orig, image=utility.image_metrics(orig_rgb, out),
+                face=utility.image_metrics(utility.crop_box(orig_rgb, orig.geom.box), utility.crop_box(out, orig.geom.box)),
+                det_configured=utility.matched(found, orig.boxes), det_second=det2, det_second_orig=det2o,
+            ))
+
+        glist = [g for g in groups.values() if g.records]
+        _label_groups(glist)
+        metrics = {
+            "schema": SCHEMA_ID,
+            "tool_version": __version__,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "audit_uri": audit_uri,
+            "run_ids": runs,
+            "recognizers": [{"name": r.name, "dim": r.dim, "distance": "euclidean",
+                             "same_person_threshold": r.same_person_threshold, "used_by_checks": r.used_by_checks,
+                             "role": "deid's own checks" if r.used_by_checks else "independent attacker",
+                             "sha256": r.fingerprint} for r in self.recognizers],
+            "detectors": {"configured": configured, "second": second if second and second != "none" else None,
+                          "iou_match": utility.IOU_MATCH},
+            "selection": {"statuses": list(statuses), "records_in_runs": len(rows),
+                          "evaluated": sum(len(g.records) for g in glist),
+                          "skipped": dict(sorted(skipped.items())), "errors": dict(sorted(errors.items()))},
+            "reference": self._reference(glist),
+            "groups": [self._group_metrics(g) for g in glist],
+            "wall_seconds": None,
+        }
+        metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        return metrics, glist, {}
+
+    # ------------------------------------------------------------------ metrics
+    def _reference(self, groups: list[Group]) -> dict:
+        """No anonymization: every evaluated original against the other originals."""
+        seen: dict[str, Measured] = {}
+        for g in groups:
+            for m in g.records:
+                seen.setdefault(m.source, m)
+        srcs = sorted(seen)
+        subjects = np.array([seen[s].subject for s in srcs])
+        origs = {s: seen[s].orig for s in srcs}
+        out = {"n_records": len(srcs), "n_subjects": int(len(set(subjects))), "recognizers": {}}
+        for rec in self.recognizers:
+            e = np.array([origs[s].emb[rec.name] for s in srcs]) if srcs else np.zeros((0, rec.dim))
+            res = attacks.reference(e, subjects, np.array(srcs))
+            res.pop("hits_top1")
+            out["recognizers"][rec.name] = res
+        return out
+
+    def _group_metrics(self, g: Group) -> dict:
+        subjects = np.array([m.subject for m in g.records])
+        sources = np.array([m.source for m in g.records])
+        origs = [m.orig for m in g.records]
+        privacy = {}
+        for rec in self.recognizers:
+            o = np.array([x.emb[rec.name] for x in origs])
+            a = np.array([m.emb[rec.name] for m in g.records])
+            d = np.array([m.dist[rec.name] for m in g.records])
+            tm = attacks.threat_models(o, a, subjects, sources)
+            hits = tm["T1"].pop("hits_top1")
+            for k in ("T2", "T3"):
+                tm[k].pop("hits_top1")
+            tm["T1_classifier"] = attacks.classifier_t1(o, a, subjects)
+            per_subject = Counter(subjects[hits])
+            privacy[rec.name] = {
+                "identity_distance": _dist_summary(d),
+                "same_person_threshold": rec.same_person_threshold,
+                "deid_rate": float((d >= rec.same_person_threshold).mean()),
+                "attacks": tm,
+                "subjects_reidentified_T1_top1": len(per_subject),
+                "subjects": int(len(set(subjects))),
+            }
+        util = {
+            "detection_rate": {
+                "configured": _rate([x for m in g.records for x in m.det_configured]),
+                "second": _rate([x for m in g.records if m.det_second is not None for x in m.det_second]),
+                "second_on_originals": _rate([x for m in g.records if m.det_second_orig is not None for x in m.det_second_orig]),
+            },
+            "image": _means([m.image for m in g.records]),
+            "face": _means([m.face for m in g.records]),
+            "frechet": utility.frechet_distance(np.array([x.hog for x in origs]), np.array([m.hog for m in g.records])),
+        }
+        return {"label": g.label, "run_id": g.run_id, "method": g.method, "params": g.params,
+                "n_records": len(g.records), "n_subjects": int(len(set(subjects))),
+                "privacy": privacy, "utility": util}
+
+
+def _rate(flags: list[bool]) -> dict:
+    return {"rate": float(np.mean(flags)) if flags else None, "n": len(flags)}
+
+
+def _means(items: list[dict]) -> dict:
+    out = {}
+    for k in ("ssim", "psnr", "mse"):
+        v = [x[k] for x in items if x[k] is not None]
+        out[k] = float(np.mean(v)) if v else None
+        if k == "psnr":
+            out["psnr_identical"] = sum(1 for x in items if x[k] is None)
+    return out
+
+
+def _dist_summary(d: np.ndarray) -> dict:
+    counts, _ = np.histogram(np.clip(d, 0, 2.0), bins=HIST_EDGES)
+    return {"mean": float(d.mean()), "std": float(d.std()), "min": float(d.min()), "p05": float(np.quantile(d, 0.05)),
+            "median": float(np.median(d)), "p95": float(np.quantile(d, 0.95)), "max": float(d.max()), "n": int(len(d)),
+            "histogram": {"edges": [float(e) for e in HIST_EDGES], "counts": [int(c) for c in counts]}}
+
+
+def _code(exc: Exception) -> str:
+    from deid.io.decode import DecodeError
+
+    if isinstance(exc, DecodeError):
+        return exc.code
+    if isinstance(exc, FileNotFoundError):
+        return "not_found"
+    if isinstance(exc, ValueError):
+        return "size_mismatch" if "original" in str(exc) else "bad_value"
+    return type(exc).__name__
+
+
+def _configured_detector(rows: list[dict]) -> str:
+    names = {fp["name"] for r in rows[:1] for fp in (r["model_fingerprints"] or [])}
+    if "dlib-mmod" in names:
+        return "dlib-cnn"
+    return "dlib-hog"  # insightface runs are re-detected with dlib HOG (the pack is not in the audit)
+
+
+def _label_groups(groups: list[Group]) -> None:
+    """``method k=v`` with the parameters that differ between groups of the same method."""
+    by_method: dict[str, list[Group]] = {}
+    for g in groups:
+        by_method.setdefault(g.method, []).append(g)
+    for method, gs in by_method.items():
+        keys = sorted({k for g in gs for k in g.params})
+        varying = [k for k in keys if len({json.dumps(g.params.get(k)) for g in gs}) > 1]
+        for g in gs:
+            label = " ".join(f"{k}={g.params.get(k)}" for k in varying)
+            g.label = f"{method} {label}".strip()
+        labels = Counter(g.label for g in gs)
+        for g in gs:
+            if labels[g.label] > 1:
+                g.label = f"{g.label} ({g.run_id[-8:]})"

@@ -1,0 +1,242 @@
+"""deid evaluate / deid sweep on real labelled faces (tests/fixtures/lfw-eval: 8 identities x
+3 photos from LFW), with the real dlib ResNet and the real MobileFaceNet.
+
+One sweep (module fixture, through the CLI) runs two real jobs on the same inputs:
+* blur at strength 0.002 (sigma ~0.2 px: no anonymization in effect),
+* a solid mask;
+and evaluates both. The tests read what it wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from scipy.stats import binomtest
+from typer.testing import CliRunner
+
+from deid.cli.app import app
+from deid.evaluate.attacks import identify
+from deid.evaluate.core import THUMB, subject_of
+from deid.evaluate.models import ModelMissing, mobilefacenet_path
+from deid.evaluate.sweep import SweepError, parse_param
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "lfw-eval"
+SUBJECTS = sorted(p.name for p in FIX.iterdir() if p.is_dir())
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "deid" / "evaluate" / "metrics.schema.json").read_text())
+RECS = ("dlib-resnet128", "mobilefacenet")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    manifest = tmp / "m.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "input": {"uri": str(FIX), "subjects": str(FIX / "subjects.csv")},
+        "output": {"uri": str(tmp / "unused")},
+        "checks": {"enabled": False, "no_face": "keep"},
+        "run": {"batch_size": 4, "progress": False},
+    }))
+    out = tmp / "out"
+    res = CliRunner().invoke(app, ["sweep", str(manifest), "--inline", "--out", str(out),
+                                   "--param", "blur:anonymize.params.strength=0.002",
+                                   "--param", "mask:anonymize.params.margin=0.25",
+                                   "--second-detector-max", "6"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    groups = {g["method"]: g for g in metrics["groups"]}
+    return {"out": out, "metrics": metrics, "groups": groups, "stdout": res.output}
+
+
+def test_no_anonymization_reidentifies_like_the_recognizer(swept):
+    m = swept["metrics"]
+    assert m["reference"]["n_records"] == 24 and m["reference"]["n_subjects"] == 8
+    blur = swept["groups"]["blur"]
+    for rec in RECS:
+        ref = m["reference"]["recognizers"][rec]
+        # both recognizers verify ~98% of LFW pairs (docs/evaluation.md); closed-set on 8 people
+        assert ref["top1"] >= 0.9, (rec, ref)
+        t1 = blur["privacy"][rec]["attacks"]["T1"]
+        assert t1["n_probes"] == 24 and t1["n_gallery_subjects"] == 8
+        assert t1["chance_top1"] == pytest.approx(1 / 8)
+        assert t1["top1"] >= ref["top1"] - 0.1, (rec, t1, ref)
+        assert blur["privacy"][rec]["deid_rate"] <= 0.1
+        assert blur["privacy"][rec]["identity_distance"]["median"] < 0.5 * blur["privacy"][rec]["same_person_threshold"]
+    assert blur["utility"]["detection_rate"]["configured"]["rate"] >= 0.9
+    assert blur["utility"]["face"]["ssim"] > 0.9
+
+
+def test_solid_mask_drives_t1_to_chance(swept):
+    mask = swept["groups"]["mask"]
+    for rec in RECS:
+        p = mask["privacy"][rec]
+        for attack in ("T1", "T2", "T1_classifier"):
+            a = p["attacks"][attack]
+            k = round(a["top1"] * a["n_probes"])
+            # hits are no more frequent than chance: one-sided binomial test at 0.1%
+            assert binomtest(k, a["n_probes"], a["chance_top1"], alternative="greater").pvalue > 1e-3, (rec, attack, a)
+        assert p["deid_rate"] >= 0.9
+    u = mask["utility"]
+    assert u["detection_rate"]["configured"]["rate"] == 0.0
+    assert u["detection_rate"]["second"]["n"] > 0 and u["detection_rate"]["second"]["rate"] == 0.0
+    assert u["detection_rate"]["second_on_originals"]["rate"] >= 0.9
+    assert u["face"]["ssim"] < 0.1 and u["face"]["mse"] > 1000
+    blur = swept["groups"]["blur"]["utility"]
+    assert u["frechet"]["value"] > 10 * blur["frechet"]["value"]
+
+
+def test_metrics_follow_the_schema_and_hold_no_names(swept):
+    m = swept["metrics"]
+    jsonschema.validate(m, SCHEMA)
+    assert {r["name"]: r["used_by_checks"] for r in m["recognizers"]} == {"dlib-resnet128": True, "mobilefacenet": False}
+    assert m["selection"]["evaluated"] == 48 and m["selection"]["errors"] == {}
+    blob = (swept["out"] / "metrics.json").read_text()
+    for name in SUBJECTS:
+        assert name not in blob and name.split("_")[-1] not in blob
+    assert ".jpg" not in blob
+
+
+class _Imgs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.links, self.tags = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append((a.get("alt", ""), a.get("src", "")))
+        for k in ("href", "src"):
+            if a.get(k) and not a[k].startswith("data:"):
+                self.links.append(a[k])
+
+
+def _decode(src: str) -> Image.Image:
+    assert src.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+
+
+def _parse(path: Path) -> _Imgs:
+    p = _Imgs()
+    p.feed(path.read_text(encoding="utf-8"))
+    p.close()
+    return p
+
+
+def test_report_is_self_contained_and_embeds_its_plots(swept):
+    p = _parse(swept["out"] / "report.html")
+    assert p.links == []  # nothing fetched from anywhere: readable offline
+    alts = [a for a, _ in p.imgs]
+    assert "privacy-utility curves" in alts and "identity distance distributions" in alts
+    for alt, src in p.imgs:
+        im = _decode(src)
+        assert im.size[0] > 50 and im.size[1] > 50, alt
+    sheets = [_decode(s) for a, s in p.imgs if a.startswith("contact sheet")]
+    assert len(sheets) == 2 and all(s.size[1] > 2 * THUMB for s in sheets)  # original row + anonymized row
+    assert "table" in p.tags and (swept["out"] / "sweep.png").is_file()
+    html = (swept["out"] / "report.html").read_text()
+    for name in SUBJECTS:
+        assert name not in html
+
+
+def test_evaluate_cli_latest_run_no_originals_and_a_missing_output(swept, tmp_path, caplog):
+    audit = swept["out"] / "audit"
+    mask_run = swept["groups"]["mask"]["run_id"]
+    import pandas as pd
+
+    df = pd.read_parquet(audit / "records").query("run_id == @mask_run")
+    gone = Path(df.output_uri.iloc[0])
+    gone.unlink()
+    out = tmp_path / "eval"
+    with caplog.at_level("WARNING", logger="deid.evaluate"):
+        res = CliRunner().invoke(app, ["evaluate", "--audit", str(audit), "--subjects", str(FIX / "subjects.csv"),
+                                       "--out", str(out), "--no-originals", "--second-detector", "none"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    jsonschema.validate(m, SCHEMA)
+    assert m["run_ids"] == [mask_run]  # the latest run by default (the mask ran last)
+    assert m["selection"]["errors"] == {"not_found": 1} and m["selection"]["evaluated"] == 23
+    assert any(str(gone) in r.getMessage() and "cannot evaluate the output" in r.getMessage() for r in caplog.records)
+    assert m["report"]["originals_included"] is False and m["detectors"]["second"] is None
+    p = _parse(out / "report.html")
+    sheets = [_decode(s) for a, s in p.imgs if a.startswith("contact sheet")]
+    assert len(sheets) == 1 and sheets[0].size[1] < 2 * THUMB  # anonymized row only
+    worst = [_decode(s) for a, s in p.imgs if a == "worst case"]
+    assert worst and all(w.size == (THUMB, THUMB) for w in worst)  # no original beside it
+    assert "T1@1" in res.output and "report" in res.output
+
+
+def test_evaluate_cli_errors_name_what_is_missing(tmp_path):
+    r = CliRunner().invoke(app, ["evaluate", "--audit", str(tmp_path / "nope"), "--subjects", str(FIX / "subjects.csv"),
+                                 "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and str(tmp_path / "nope") in r.output
+    missing = tmp_path / "MobileFaceNet.tflite"
+    with pytest.raises(ModelMissing, match=re.escape(str(missing)) + ".*make install"):
+        mobilefacenet_path(missing)
+
+
+def test_identification_known_answers():
+    # three subjects, two photos each, on a line: each photo's nearest other photo is its twin
+    g = np.array([[0.0], [0.1], [1.0], [1.1], [2.0], [2.1]])
+    subj = np.array(["a", "a", "b", "b", "c", "c"])
+    src = np.arange(6)
+    res = identify(g, subj, g, subj, exclude=src[:, None] == src[None, :])
+    assert res["top1"] == 1.0 and res["n_probes"] == 6 and res["chance_top1"] == pytest.approx(1 / 3)
+    # without excluding the probe's own photo nothing changes here, but a probe equal to another
+    # subject's photo is ranked there
+    probes = np.array([[1.0], [2.05]])
+    res = identify(g, subj, probes, np.array(["a", "c"]))
+    assert res["top1"] == 0.5 and res["top5"] == 1.0
+    # identical embeddings (faces masked out entirely) score chance, not 100%
+    flat = np.zeros((6, 3))
+    res = identify(flat, subj, flat, subj, exclude=src[:, None] == src[None, :])
+    assert res["top1"] == pytest.approx(1 / 3) and res["top5"] == 1.0
+    # a probe whose subject has no other photo in the gallery is not counted
+    res = identify(g[:5], subj[:5], g[4:5], subj[4:5], exclude=np.array([[False] * 4 + [True]]))
+    assert res["n_probes"] == 0 and res["top1"] is None
+
+
+def test_subject_by_longest_path_suffix_and_param_grammar():
+    subjects = {"Ann/Ann_1.jpg": "Ann", "x/Ann/Ann_1.jpg": "other"}
+    assert subject_of("/data/x/Ann/Ann_1.jpg", subjects) == "other"
+    assert subject_of("s3://b/y/Ann/Ann_1.jpg", subjects) == "Ann"
+    assert subject_of("/data/Ann_1.jpg", subjects) is None
+    a = parse_param("pixelate:anonymize.params.blocks=16,8,4")
+    assert (a.method, a.key, a.values) == ("pixelate", "anonymize.params.blocks", (16, 8, 4))
+    assert parse_param("anonymize.params.sigma=1,2.5").values == (1, 2.5)
+    for bad in ("anonymize.params.sigma", "=1,2", "anonymize..sigma=1", "a.b="):
+        with pytest.raises(SweepError):
+            parse_param(bad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 6), st.integers(2, 4), st.integers(0, 10_000))
+def test_identification_properties(n_subjects, per_subject, seed):
+    rng = np.random.default_rng(seed)
+    subj = np.repeat(np.arange(n_subjects).astype(str), per_subject)
+    emb = rng.normal(size=(len(subj), 4))
+    src = np.arange(len(subj))
+    ex = src[:, None] == src[None, :]
+    res = identify(emb, subj, emb, subj, exclude=ex)
+    assert res["n_probes"] == len(subj) and res["n_gallery_subjects"] == n_subjects
+    assert 0 <= res["top1"] <= res["top5"] <= 1
+    assert res["chance_top1"] == pytest.approx(1 / n_subjects)
+    # the gallery's order does not matter
+    perm = rng.permutation(len(subj))
+    again = identify(emb[perm], subj[perm], emb, subj, exclude=ex[:, perm])
+    assert again["top1"] == res["top1"] and again["top5"] == res["top5"]
+    # well-separated people are always found
+    centers = rng.normal(size=(n_subjects, 4)) * 100
+    tight = centers[np.repeat(np.arange(n_subjects), per_subject)] + rng.normal(size=emb.shape) * 0.01
+    assert identify(tight, subj, tight, subj, exclude=ex)["top1"] == 1.0
