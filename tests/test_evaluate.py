@@ -240,3 +240,29 @@ def test_identification_properties(n_subjects, per_subject, seed):
     centers = rng.normal(size=(n_subjects, 4)) * 100
     tight = centers[np.repeat(np.arange(n_subjects), per_subject)] + rng.normal(size=emb.shape) * 0.01
     assert identify(tight, subj, tight, subj, exclude=ex)["top1"] == 1.0
+
+
+def test_a_resumed_run_is_evaluated_over_the_rows_it_skipped(swept):
+    """Re-running a job skips what an earlier run committed; evaluating the resumed run must
+    see those records through their standing rows, not as 'skipped'."""
+    import pyarrow as pa
+
+    from deid.audit.schema import AUDIT_SCHEMA
+    from deid.audit.writer import read_audit
+    from deid.evaluate.core import rows_for_runs
+
+    audit = swept["out"] / "audit"
+    blur_run = swept["groups"]["blur"]["run_id"]
+    table = read_audit(str(audit))
+    blur = [r for r in table.to_pylist() if r["run_id"] == blur_run]
+    resumed = "99991231T000000Z-resumed"
+    skipped = [{**{k: None for k in AUDIT_SCHEMA.names}, "run_id": resumed, "record_id": r["record_id"],
+                "input_uri": r["input_uri"], "status": "skipped", "output_uri": r["output_uri"],
+                "output_sha256": r["output_sha256"], "resumed_from": blur_run, "method": r["method"]} for r in blur]
+    both = pa.concat_tables([table, pa.Table.from_pylist(skipped, schema=AUDIT_SCHEMA)])
+    got = rows_for_runs(both, [resumed])
+    assert len(got) == len(blur) and {r["run_id"] for r in got} == {resumed}
+    by_id = {r["record_id"]: r for r in blur}
+    for r in got:
+        assert r["status"] == by_id[r["record_id"]]["status"] and r["faces"] == by_id[r["record_id"]]["faces"]
+    assert rows_for_runs(both, [blur_run]) == blur

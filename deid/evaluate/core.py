@@ -104,6 +104,22 @@ def subject_of(uri: str, subjects: dict[str, str]) -> str | None:
     return None
 
 
+def rows_for_runs(table, runs: list[str]) -> list[dict]:
+    """The audit rows of ``runs``, a resumed run's ``skipped`` rows replaced by the rows that
+    stand for them (``resumed_from``), relabelled with the resumed run's id: a resumed run
+    is evaluated over everything it released, not only what it processed itself."""
+    everything = table.to_pylist()
+    rows = [r for r in everything if r["run_id"] in runs]
+    if not any(r["status"] == "skipped" for r in rows):
+        return rows
+    standing = {(r["run_id"], r["record_id"]): r for r in everything if r["status"] != "skipped"}
+    out = []
+    for r in rows:
+        src = standing.get((r.get("resumed_from"), r["record_id"])) if r["status"] == "skipped" else None
+        out.append(dict(src, run_id=r["run_id"]) if src is not None else r)
+    return out
+
+
 def select_runs(table, summary_run: str | None, run_ids: list[str] | None, all_runs: bool) -> list[str]:
     present = sorted(set(table.column("run_id").to_pylist()))
     if not present:
@@ -186,7 +202,7 @@ class Evaluator:
         except ListingError as exc:
             raise EvaluateError(str(exc)) from None
 
-        rows = [r for r in table.to_pylist() if r["run_id"] in runs]
+        rows = rows_for_runs(table, runs)
         statuses = ("released", "quarantined") if include_quarantined else ("released",)
         skipped: Counter = Counter()
         errors: Counter = Counter()
