@@ -104,7 +104,9 @@ def test_test_mode_is_deterministic_and_marked(tmp_path, dp_env):
     kw = dict(eps=50.0, cap=1000.0)
     _, a = _dp(inp, tmp_path / "a", dp_env, test_seed=7, **kw)
     _, b = _dp(inp, tmp_path / "b", dp_env, test_seed=7, **kw)
-    assert a.dp_test_mode.all() and (a.status == "released").all()
+    assert a.dp_test_mode.all() and (a.status == "quarantined").all()  # test noise is never released
+    assert a.error.str.contains("not DP; quarantined, never released").all()
+    assert not list((tmp_path / "a" / "release").rglob("*.*"))
     assert sorted(a.output_sha256) == sorted(b.output_sha256)
     _, c = _dp(inp, tmp_path / "c", dp_env, **kw)
     _, d = _dp(inp, tmp_path / "d", dp_env, **kw)

@@ -269,6 +269,11 @@ class ProcessRecords:
             action = self.m.checks.on_fail
         else:
             action = "keep"
+        if action == "keep" and row["dp_test_mode"]:
+            # seeded test noise carries no guarantee: it never reaches the release
+            action = "quarantine"
+            row["error"] = (f"{uri}: anonymize.params.test_seed is set: the noise is seeded test noise, not DP; "
+                            "quarantined, never released")
         if action == "drop":
             row["status"] = "dropped"
             return None
