@@ -56,3 +56,13 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 served on 127.0.0.1 for one test module (tests/s3server.py)."""
+    from s3server import MotoS3
+
+    server = MotoS3()
+    yield server
+    server.stop()

@@ -35,7 +35,6 @@ from deid.audit import read_audit
 from deid.config import manifest_from_dict
 from deid.pipeline import run_job
 from deid.privacy.ledger import Ledger
-from s3server import MotoS3
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -105,13 +104,6 @@ class RayCluster:
             for p in Path(d).rglob("*"):
                 if p.is_file() and not p.is_symlink():
                     yield p
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoS3()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,6 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def s3():
-    server = MotoS3()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """Faces in a sub-folder, a group photo, an image without a face, a file that is not an image."""
     root = tmp_path_factory.mktemp("s3-inputs") / "photos"
