@@ -359,3 +359,20 @@ def test_cli_show(db: Path, tmp_path: Path):
     missing = tmp_path / "missing.db"
     proc = _deid("budget", "show", "--ledger", str(missing))
     assert proc.returncode == 2 and "no ledger" in proc.stderr and not missing.exists()
+
+
+def test_a_file_that_is_not_a_ledger_is_a_clear_error(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a database\n" * 200)
+    with pytest.raises(LedgerError, match=r"notes\.txt: cannot open as a deid ledger \(file is not a database\)"):
+        Ledger.open(str(text), 3.0, 1e-6)
+    other = tmp_path / "app.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("create table customers (id integer primary key, name text)")
+    con.commit()
+    con.close()
+    with pytest.raises(LedgerError, match=r"app\.sqlite: is another application's SQLite database \(tables: customers\)"):
+        Ledger.open(str(other), 3.0, 1e-6)
+    con = sqlite3.connect(other)
+    assert [r[0] for r in con.execute("select name from sqlite_master where type='table'")] == ["customers"]
+    con.close()

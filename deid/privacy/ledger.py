@@ -212,7 +212,12 @@ class Ledger:
         else:
             engine = sa.create_engine(url, pool_pre_ping=True)
         try:
-            caps = _init_schema(engine, create)
+            try:
+                caps = _init_schema(engine, create)
+            except sa.exc.DatabaseError as exc:  # not SQLite, locked beyond the timeout, unreachable server
+                where = engine.url.render_as_string(hide_password=True)
+                reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0]
+                raise LedgerError(f"{where}: cannot open as a deid ledger ({reason})") from None
             if max_epsilon is None or max_delta is None:
                 if caps is None:
                     raise LedgerError("this ledger records no caps: give max_epsilon and max_delta")
@@ -501,6 +506,9 @@ def _init_schema(engine: Engine, create: bool) -> tuple[float, float] | None:
                                   f"(missing tables: {', '.join(sorted(wanted - have))})")
             if have & wanted:
                 raise LedgerError(f"partial deid ledger schema (have {sorted(have & wanted)}); refusing to guess")
+            if have and engine.url.get_backend_name() == "sqlite":
+                raise LedgerError(f"{engine.url.database}: is another application's SQLite database (tables: "
+                                  f"{', '.join(sorted(have)[:5])}); refusing to add deid's ledger tables to it")
             metadata.create_all(conn)
             conn.execute(sa.insert(meta_table).values(name="schema_version", value=SCHEMA_VERSION))
         meta = dict(conn.execute(sa.select(meta_table.c.name, meta_table.c.value)).all())
