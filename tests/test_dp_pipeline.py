@@ -160,7 +160,9 @@ def test_dry_run_plans_and_charges_nothing(tmp_path, dp_env):
     run_job(m, engine="inline", progress=False)
     with Ledger.open(str(dp_env)) as led:
         before = [(r.subject_key, r.n_charges) for r in led.summary()]
-    plan = dry_run(m)
+    plan = dry_run(m)  # a re-run resumes: the 8 committed records are skipped, the 4 withheld stay withheld
+    assert plan["skipped_committed"] == 8 and plan["labeled_records_withheld"] == 4
+    plan = dry_run(m, resume=False)
     assert plan["labeled_records_withheld"] == 12
     with Ledger.open(str(dp_env)) as led:
         assert [(r.subject_key, r.n_charges) for r in led.summary()] == before

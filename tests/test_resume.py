@@ -153,6 +153,11 @@ def test_rerun_skips_committed_and_no_resume_redoes(tmp_path, photos):
     m = manifest_from_dict(base_manifest(photos, tmp_path, checks={"enabled": False, "no_face": "keep"}))
     first = run_job(m, engine="inline", progress=False)
     assert first.summary["counts"]["released"] == 6
+    from deid.pipeline import dry_run
+
+    plan = dry_run(m)
+    assert plan["records"] == 6 and plan["skipped_committed"] == 6 and plan["to_process"] == 0
+    assert dry_run(m, resume=False)["to_process"] == 6
     again = run_job(m, engine="inline", progress=False)
     assert again.summary["counts"]["skipped"] == 6 and again.summary["audit_rows"] == 6
     # A changed run section (actors, batch size) is the same job; a changed method is not.

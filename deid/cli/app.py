@@ -55,7 +55,7 @@ def run(
     m = _load(manifest)
     if dry:
         try:
-            plan = dry_run(m)
+            plan = dry_run(m, resume=resume)
         except (ListingError, RunError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

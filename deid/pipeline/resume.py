@@ -112,9 +112,10 @@ def standing_rows(audit_uri: str, storage_options: dict | None = None, job_sha25
     return pa.Table.from_pandas(df.reset_index(drop=True), schema=empty.schema, preserve_index=False)
 
 
-def load_prior(manifest: Manifest, use_audit: bool = True) -> Prior:
-    """What earlier runs of this job committed (``use_audit``), and which outputs already exist."""
-    prior = Prior(swept_tmp=sweep_tmp(manifest))
+def load_prior(manifest: Manifest, use_audit: bool = True, sweep: bool = True) -> Prior:
+    """What earlier runs of this job committed (``use_audit``), and which outputs already exist.
+    ``sweep=False`` (dry runs) removes nothing."""
+    prior = Prior(swept_tmp=sweep_tmp(manifest) if sweep else 0)
     out_fs, out_root = fsspec.core.url_to_fs(manifest.output.uri, **manifest.output.storage_options)
     q_fs, q_root = fsspec.core.url_to_fs(manifest.quarantine_uri, **manifest.output.storage_options)
     existing = {stem: [display_uri(out_fs, p) for p in ps] for stem, ps in _ls_outputs(out_fs, out_root).items()}

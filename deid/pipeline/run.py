@@ -319,15 +319,22 @@ def _consume(results, expected, seen, writer, counts, bar, on_batch, tally: _Tal
         bar.set_postfix({k: counts[k] for k in STATUSES if counts[k]}, refresh=False)
 
 
-def dry_run(manifest: Manifest) -> dict:
+def dry_run(manifest: Manifest, resume: bool = True) -> dict:
     """What a run would do, without processing or charging anything: records, refusals,
     and for DP methods the per-subject budget picture (one charge per face; labeled
     subjects are assumed to have one face per record, unlabeled faces are charged to
     their own content keys). Opens no ledger that does not exist yet."""
     planned = plan_records(manifest)
     plan = planned.records
-    out = {"records": plan.num_rows + len(planned.refused), "to_process": plan.num_rows,
-           "refused": len(planned.refused), "method": manifest.anonymize.method,
+    skipped = 0
+    if resume:
+        committed = load_prior(manifest, sweep=False).committed
+        if committed:
+            keep = [r not in committed for r in plan.column("record_id").to_pylist()]
+            skipped = keep.count(False)
+            plan = plan.filter(pa.array(keep))
+    out = {"records": plan.num_rows + len(planned.refused) + skipped, "to_process": plan.num_rows,
+           "skipped_committed": skipped, "refused": len(planned.refused), "method": manifest.anonymize.method,
            "output_uri": manifest.output.uri, "audit_uri": manifest.audit_uri}
     if manifest.anonymize.method not in DP_METHODS:
         return out
