@@ -259,8 +259,8 @@ def test_budget_service_problems_stop_the_run_before_any_work(photos, tmp_path, 
         run_job(dp(tmp_path / "ledger.sqlite"), engine="ray", progress=False)
     monkeypatch.setenv("DEID_SUBJECT_KEY", SUBJECT_SECRET)
     (tmp_path / "ledger-dir").mkdir()  # a folder where the ledger file should be
-    with pytest.raises(RunError, match=r"budget service could not start on the driver's node: \S*OperationalError: "
-                                       r".*unable to open database file"):
+    with pytest.raises(RunError, match=r"budget service could not start on the driver's node: \S*LedgerError: "
+                                       r".*ledger-dir: cannot open as a deid ledger \(unable to open database file\)"):
         run_job(dp(tmp_path / "ledger-dir"), engine="ray", progress=False)
     assert not (tmp_path / "release").exists() and not (tmp_path / "quarantine").exists()
 
