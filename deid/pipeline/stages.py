@@ -28,6 +28,7 @@ from deid.config.schema import Manifest
 from deid.faces import make_detector
 from deid.io.decode import DecodeError, decode_image, read_input, sha256_hex
 from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, resolve_format
+from deid.privacy.accountant import Charge
 from deid.privacy.service import call
 
 
@@ -231,7 +232,7 @@ class ProcessRecords:
         if self.dp and faces:
             args = (self.ctx.run_id, row["record_id"], subject_key, img.sha256, [f.box for f in faces], self.charge)
             res = call(self.budget, "reserve", *args)
-            if res.get("adopt") and self._adopt(row, timings, rgb, faces, res, output_stem):
+            if res.get("adopt") and self._adopt(row, timings, rgb, faces, res):
                 return None
             if res.get("adopt"):  # the earlier output is gone or differs: a new, charged attempt
                 res = call(self.budget, "reserve", *args, False)
@@ -300,7 +301,7 @@ class ProcessRecords:
                          "dp_test_mode": row["dp_test_mode"]}
         return None
 
-    def _adopt(self, row: dict, timings: dict, rgb, faces, res: dict, output_stem: str) -> bool:
+    def _adopt(self, row: dict, timings: dict, rgb, faces, res: dict) -> bool:
         """A retried task (its actor died) reaches a DP record whose earlier attempt in this
         run was already written and charged: take that output as this record's result
         instead of drawing (and charging) new noise. The output is verified byte for byte
@@ -318,22 +319,10 @@ class ProcessRecords:
         out = decode_image(blob, max_pixels=self.m.run.max_pixels, name=a["output_uri"]).rgb
         timings["write_ms"] = _ms(t)
         checks = self.checker.check(rgb, out, faces) if self.checker else [None] * len(faces)
-        fact = _ChargeFact(**self.charge)
+        fact = Charge(**self.charge)  # the per-face facts are the charge's
         row["faces"] = [_face_row(face, fact, chk, spent) for face, chk, spent in zip(faces, checks, res["spent_after"])]
         dists = [c.id_distance for c in checks if c is not None]
         row["min_id_distance"] = min(dists) if dists else None
         row.update(status=a["status"], output_uri=a["output_uri"], output_sha256=a["output_sha256"],
                    dp_test_mode=a.get("dp_test_mode"))
         return True
-
-
-@dataclass(frozen=True)
-class _ChargeFact:
-    """The per-face facts of a charge, for a row rebuilt from an adopted output."""
-
-    mechanism: str
-    epsilon: float
-    delta: float
-    sensitivity: float
-    noise_scale: float
-
