@@ -105,8 +105,10 @@ def _make_range(folder: Path, indices, size: tuple[int, int], sources: list[Path
 class TreeSampler(threading.Thread):
     """Peak of the summed RSS of a process and all its descendants, sampled with psutil."""
 
-    def __init__(self, pid: int, interval: float):
+    def __init__(self, pid: int, interval: float, progress=None, every: float = 60.0):
         super().__init__(daemon=True)
+        self.progress = progress  # callable -> str, printed with the running peak every `every` s
+        self.every = every
         import psutil
 
         self.psutil = psutil
@@ -122,7 +124,13 @@ class TreeSampler(threading.Thread):
 
     def run(self) -> None:
         ps = self.psutil
+        t0 = last = time.monotonic()
         while not self.stop.is_set():
+            if self.progress is not None and time.monotonic() - last >= self.every:
+                last = time.monotonic()
+                print(f"  .. {last - t0:6.0f} s: running peak tree RSS {self.peak_sum / 2**20:.0f} MiB, "
+                      f"largest proc {self.peak_single[0] / 2**20:.0f} MiB; {self.progress()}",
+                      file=sys.stderr, flush=True)
             try:
                 procs = [self.root] + self.root.children(recursive=True)
             except ps.Error:
@@ -206,7 +214,15 @@ def run_once(inp: Path, work: Path, args, count: int) -> dict:
         cmd = ["/usr/bin/time", "-v", *cmd]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(work))
-    sampler = TreeSampler(proc.pid, args.interval)
+    release = out / "release"
+
+    def progress() -> str:  # released files so far (the run keeps the folder layout flat here)
+        try:
+            return f"{sum(1 for _ in release.iterdir())} released"
+        except OSError:
+            return "0 released"
+
+    sampler = TreeSampler(proc.pid, args.interval, progress=progress)
     sampler.start()
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
