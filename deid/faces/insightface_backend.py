@@ -30,6 +30,11 @@ from functools import lru_cache
 import numpy as np
 
 from deid.faces.align import align
+from deid.faces.onnx_runtime import check_rgb as _check_rgb
+from deid.faces.onnx_runtime import default_providers
+from deid.faces.onnx_runtime import gpu_visible as _gpu_visible  # noqa: F401 - re-exported for tests
+from deid.faces.onnx_runtime import provider_names as _provider_names
+from deid.faces.onnx_runtime import session_options as _session_options
 from deid.faces.types import Face, clip_box
 
 #: Packs known to work, with their detection and recognition files.
@@ -215,57 +220,6 @@ def model_files(model_dir: str, storage_options: dict | None = None) -> list[str
 # --------------------------------------------------------------------------- runtime
 
 
-def _gpu_visible() -> bool:
-    """Is a GPU meant for this process? In a Ray worker: Ray assigned one. Elsewhere:
-    CUDA_VISIBLE_DEVICES names one, or (unset) the NVIDIA driver lists one."""
-    try:
-        import ray
-
-        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
-            return bool(ray.get_gpu_ids())
-    except Exception:  # pragma: no cover - ray missing or not a worker
-        pass
-    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if cvd is not None:
-        return cvd.strip() not in ("", "-1", "NoDevFiles")
-    gpus = "/proc/driver/nvidia/gpus"
-    return os.path.isdir(gpus) and bool(os.listdir(gpus))
-
-
-def default_providers() -> list[str]:
-    """CUDA (with CPU fallback) when onnxruntime has it and a GPU is visible, else CPU."""
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and _gpu_visible():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def _provider_names(providers) -> list[str]:
-    return [str(p[0] if isinstance(p, (tuple, list)) else p) for p in providers]
-
-
-def _session_options():
-    """In a Ray worker, keep onnxruntime to the CPUs Ray gave the actor (one actor per
-    CPU would otherwise start one thread per core each)."""
-    try:
-        import ray
-
-        if not (ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE):
-            return None
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    except Exception:  # pragma: no cover
-        return None
-    if not cpus:
-        return None
-    import onnxruntime
-
-    opts = onnxruntime.SessionOptions()
-    opts.intra_op_num_threads = max(1, int(cpus))
-    opts.inter_op_num_threads = 1
-    return opts
-
-
 def _load(path: str, kind: str, providers: list, model_dir: str):
     """Load ``path`` with insightface's router and check it lands where expected."""
     from insightface.model_zoo import get_model
@@ -283,15 +237,6 @@ def _load(path: str, kind: str, providers: list, model_dir: str):
         )
     ctx_id = -1 if _provider_names(providers) == ["CPUExecutionProvider"] else 0
     return model, ctx_id
-
-
-def _check_rgb(rgb: np.ndarray) -> np.ndarray:
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 RGB image, got shape {rgb.shape}")
-    if rgb.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {rgb.dtype}")
-    return rgb
 
 
 class InsightFaceDetector:
