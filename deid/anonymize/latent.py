@@ -49,9 +49,15 @@ class _LatentMethod:
         m = self.model
         crops, mats = [], []
         for f in faces:
+            pts = f.landmarks5
             if f.landmark_layout != m.layout:
-                raise ValueError(f"latent model {m.name} aligns on {m.layout} landmarks, the detector gives {f.landmark_layout}")
-            crop, mat = align(rgb, f.landmarks5, m.crop_size, layout=m.layout, scale=m.align_scale)
+                if m.layout != "dlib5":
+                    raise ValueError(f"latent model {m.name} aligns on {m.layout} landmarks, "
+                                     f"the detector gives {f.landmark_layout}")
+                from deid.faces.dlib_backend import dlib5_points
+
+                pts = dlib5_points(rgb, f)  # dlib's 5-point model inside the face's box
+            crop, mat = align(rgb, pts, m.crop_size, layout=m.layout, scale=m.align_scale)
             crops.append(crop)
             mats.append(mat)
         return np.stack(crops) if crops else np.zeros((0, m.crop_size, m.crop_size, 3), np.uint8), mats

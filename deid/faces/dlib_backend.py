@@ -6,6 +6,8 @@ Models load once, in ``__init__``; instances are meant to live in a Ray actor.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import dlib
 import numpy as np
 
@@ -74,8 +76,28 @@ class DlibDetector:
 
 
 def _rect(face: Face) -> dlib.rectangle:
-    x0, y0, x1, y1 = face.box
+    x0, y0, x1, y1 = face.dlib_box or face.box
     return dlib.rectangle(int(x0), int(y0), int(x1) - 1, int(y1) - 1)
+
+
+@lru_cache(maxsize=1)
+def _shape5() -> dlib.shape_predictor:
+    """dlib's 5-point model, loaded once per process when a non-dlib face first needs it."""
+    return dlib.shape_predictor(dlib_model_path("dlib-shape5"))
+
+
+def dlib5_shape(rgb: np.ndarray, face: Face) -> dlib.full_object_detection:
+    """dlib's 5-point landmarks of ``face``: its own when the detector gave them, else dlib's
+    5-point model run inside the face's box (``face.dlib_box`` when the detector's boxes
+    are framed differently from dlib's)."""
+    if face.landmark_layout == "dlib5" or face.landmarks68 is not None:
+        return _full_object_detection(face)
+    return _shape5()(rgb, _rect(face))
+
+
+def dlib5_points(rgb: np.ndarray, face: Face) -> np.ndarray:
+    """:func:`dlib5_shape` as a ``(5, 2)`` array in dlib's 5-point layout."""
+    return _shape_points(dlib5_shape(rgb, face))
 
 
 def _full_object_detection(face: Face) -> dlib.full_object_detection:
@@ -99,21 +121,12 @@ class DlibEmbedder:
 
     def __init__(self, jitter: int = 0):
         self._rec = dlib.face_recognition_model_v1(dlib_model_path("dlib-resnet128"))
-        self._sp5 = None  # loaded only for faces from a non-dlib detector
         self.jitter = jitter
 
     def shapes(self, rgb: np.ndarray, faces: list[Face]) -> list:
-        """dlib landmark shapes for ``faces`` on ``rgb``; faces from another backend get
-        dlib's 5-point landmarks inside their box. Compute once, on the original."""
-        out = []
-        for f in faces:
-            if f.landmark_layout == "dlib5" or f.landmarks68 is not None:
-                out.append(_full_object_detection(f))
-            else:
-                if self._sp5 is None:
-                    self._sp5 = dlib.shape_predictor(dlib_model_path("dlib-shape5"))
-                out.append(self._sp5(rgb, _rect(f)))
-        return out
+        """dlib landmark shapes for ``faces`` on ``rgb`` (:func:`dlib5_shape`). Compute once,
+        on the original."""
+        return [dlib5_shape(rgb, f) for f in faces]
 
     def embed_shapes(self, rgb: np.ndarray, shapes: list) -> np.ndarray:
         if not shapes:

@@ -15,6 +15,9 @@ class Face:
     ``landmarks5`` are five points used for alignment, in the layout of the backend
     (``landmark_layout``): dlib's (two corners per eye, nose base) or insightface's
     (eye centres, nose tip, mouth corners). ``landmarks68`` is filled when asked for.
+    ``dlib_box``, when set, is the face in dlib's detector box convention, for detectors
+    whose boxes are framed differently: dlib's landmark models, run on faces from another
+    backend (identity check, dlib5 latent models), start from it instead of ``box``.
     """
 
     box: tuple[int, int, int, int]
@@ -22,6 +25,7 @@ class Face:
     landmarks5: np.ndarray
     landmark_layout: str = "dlib5"
     landmarks68: np.ndarray | None = field(default=None, repr=False)
+    dlib_box: tuple[int, int, int, int] | None = field(default=None, repr=False)
 
     @property
     def width(self) -> int:

