@@ -266,3 +266,34 @@ def test_memory_uris_are_refused_for_ray_with_a_reason():
     m = manifest_from_dict({"input": {"uri": "memory://x/in"}, "output": {"uri": "/tmp/never-written"}})
     with pytest.raises(RunError, match="memory:// lives inside one process"):
         run_job(m, engine="ray", progress=False)
+
+
+@pytest.mark.parametrize("write_threads", [4, 0])
+def test_a_failed_write_is_one_failed_row_and_rows_come_only_after_their_files(photos, tmp_path, write_threads):
+    """Writes run in the background (run.write_threads) or in line: the same outcome either
+    way, and a batch's rows are handed back only once its released files exist."""
+    blocked = tmp_path / "release" / "people" / (lfw_images()[1].stem + ".png")
+    blocked.mkdir(parents=True)  # a folder where that output file must go: the rename fails
+    seen_missing: list[str] = []
+
+    def on_batch(table):
+        for r in table.to_pylist():
+            if r["status"] == "released" and not os.path.isfile(r["output_uri"]):
+                seen_missing.append(r["output_uri"])
+
+    m = manifest_from_dict(base_manifest(photos, tmp_path, output={"naming": "mirror", "format": "png"},
+                                         checks={"enabled": False}, run={"write_threads": write_threads}))
+    res = run_job(m, engine="inline", progress=False, on_batch=on_batch)
+    df = pd.read_parquet(res.records_uri)
+    assert len(df) == 6 and not seen_missing
+    bad = df[df.status == "failed"]
+    assert bad.error_code.tolist() == ["write_error"]
+    assert bad.input_uri.iloc[0].endswith(lfw_images()[1].name)
+    assert "cannot write output" in bad.error.iloc[0] and str(blocked) in bad.error.iloc[0]
+    assert bad.output_uri.isna().all()
+    ok = df[df.status == "released"]
+    assert len(ok) == 5
+    for uri, sha in zip(ok.output_uri, ok.output_sha256):
+        assert hashlib.sha256(Path(uri).read_bytes()).hexdigest() == sha
+    assert all(t["write_ms"] is not None and t["write_ms"] >= 0 for t in df.timings)
+    assert not [p for p in (tmp_path / "release").rglob(".deid-tmp-*")]  # no temporary file left behind

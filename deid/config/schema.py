@@ -205,6 +205,9 @@ class RunConfig(_Section):
     gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs each actor holds (fractions allowed)")
     read_threads: int = Field(4, ge=1, le=64, description="inputs an actor reads at once within a batch "
                               "(overlaps object-store latency; threads, not CPUs)")
+    write_threads: int = Field(4, ge=0, le=64, description="outputs an actor writes while it processes the next "
+                               "records (overlaps fsync / object-store PUTs; threads, not CPUs); 0: write in line. "
+                               "DP methods always write in line")
     max_pixels: int = Field(64_000_000, ge=1, description="decode refuses images with more pixels (decompression bombs)")
     progress: bool = True
     object_store_memory: int | None = Field(None, ge=75 * 1024 * 1024, description="embedded Ray object store bytes")

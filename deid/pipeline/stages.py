@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import time
 import traceback
@@ -28,7 +29,6 @@ from deid.config.schema import Manifest
 from deid.faces import make_detector
 from deid.io.decode import DecodeError, decode_image, read_input, sha256_hex
 from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, resolve_format
-from deid.privacy.accountant import Charge
 from deid.privacy.service import call
 
 
@@ -88,6 +88,16 @@ class ProcessRecords:
         self.params_json = json.dumps(self.m.anonymize.params, sort_keys=True)
         self.rng = np.random.default_rng()  # OS entropy; classical methods do not use it
         self.read_threads = self.m.run.read_threads
+        # Outputs are written by a thread pool while the next records are processed (a local
+        # write waits on fsync, an object store on its PUT). A batch returns only when all its
+        # writes are done, so a row never says "released" before its file exists. DP records
+        # write in line: their charge is committed with what was written.
+        self._io_pool = None
+        if self.m.run.write_threads > 0 and not self.dp:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._io_pool = ThreadPoolExecutor(max_workers=self.m.run.write_threads, thread_name_prefix="deid-write")
+        self._deferred: list | None = None
 
     # ------------------------------------------------------------------ batch API
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
@@ -96,11 +106,17 @@ class ProcessRecords:
         keys = cols.get("subject_key") or [None] * n
         stale = cols.get("stale") or [None] * n
         data = self._read_all(cols["uri"])
-        rows = [
-            self.process_one(rid, uri, name, key, stale=old, data=blob)
-            for rid, uri, name, key, old, blob in zip(cols["record_id"], cols["uri"], cols["output_stem"], keys,
-                                                       stale, data)
-        ]
+        self._deferred = [] if self._io_pool is not None else None
+        try:
+            rows = [
+                self.process_one(rid, uri, name, key, stale=old, data=blob)
+                for rid, uri, name, key, old, blob in zip(cols["record_id"], cols["uri"], cols["output_stem"], keys,
+                                                           stale, data)
+            ]
+        finally:
+            jobs, self._deferred = self._deferred or [], None
+            for _ in self._io_pool.map(lambda job: job(), jobs) if jobs else ():
+                pass
         return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
 
     def _read_all(self, uris: list[str]) -> list:
@@ -170,9 +186,10 @@ class ProcessRecords:
         timings = row["timings"]
         self._token = None
         self._written = None
+        self._scheduled = False
         try:
-            self._process(row, timings, uri, output_stem, subject_key, data)
-            if stale:
+            self._process(row, timings, uri, output_stem, subject_key, data, stale)
+            if stale and not self._scheduled:  # else the deferred write clears them after writing
                 self._clear_stale(row, stale)
         except Exception as exc:  # noqa: BLE001 - a record never takes the batch down
             row["status"] = "failed"
@@ -194,7 +211,7 @@ class ProcessRecords:
         row["error"] = message
 
     def _process(self, row: dict, timings: dict, uri: str, output_stem: str, subject_key: str | None,
-                 data=None) -> None:
+                 data=None, stale: list[str] | None = None) -> None:
         # read (usually done for the whole batch by _read_all; data is then bytes or the read's exception)
         t = time.perf_counter()
         try:
@@ -288,18 +305,41 @@ class ProcessRecords:
         else:
             fs, root, status = self.out_fs, self.out_root, "released"
         path = f"{root.rstrip('/')}/{output_stem}{FORMATS[fmt][1]}"
+        if self._deferred is not None:
+            self._scheduled = True
+            self._deferred.append(functools.partial(self._deferred_write, row, timings, fs, path, blob, status,
+                                                    stale, _ms(t)))
+            return None
+        self._write(row, timings, fs, path, blob, status, _ms(t))
+        return None
+
+    def _write(self, row: dict, timings: dict, fs, path: str, blob: bytes, status: str, encode_ms: float) -> None:
+        t = time.perf_counter()
         try:
             atomic_write(fs, path, blob)
         except OSError as exc:
-            timings["write_ms"] = _ms(t)
+            timings["write_ms"] = round(encode_ms + _ms(t), 3)
             return self._fail(row, "write_error", f"{row['input_uri']}: cannot write output {display_uri(fs, path)} ({exc})")
-        timings["write_ms"] = _ms(t)
+        timings["write_ms"] = round(encode_ms + _ms(t), 3)
         row["status"] = status
         row["output_uri"] = display_uri(fs, path)
         row["output_sha256"] = sha256_hex(blob)
         self._written = {"status": status, "output_uri": row["output_uri"], "output_sha256": row["output_sha256"],
                          "dp_test_mode": row["dp_test_mode"]}
         return None
+
+    def _deferred_write(self, row: dict, timings: dict, fs, path: str, blob: bytes, status: str,
+                        stale: list[str] | None, encode_ms: float) -> None:
+        """A write scheduled by ``_process`` (in the batch's I/O pool): the row gets its final
+        status here, and nothing escapes, as in :meth:`process_one`."""
+        try:
+            self._write(row, timings, fs, path, blob, status, encode_ms)
+            if stale:
+                self._clear_stale(row, stale)
+        except Exception as exc:  # noqa: BLE001 - a record never takes the batch down
+            row.update(status="failed", error_code="internal_error", output_uri=None, output_sha256=None,
+                       error=f"{row['input_uri']}: unexpected {type(exc).__name__} at write: {exc}")
+        row["processed_at"] = _dt.datetime.now(_dt.timezone.utc)
 
     def _adopt(self, row: dict, timings: dict, rgb, faces, res: dict) -> bool:
         """A retried task (its actor died) reaches a DP record whose earlier attempt in this
@@ -319,6 +359,8 @@ class ProcessRecords:
         out = decode_image(blob, max_pixels=self.m.run.max_pixels, name=a["output_uri"]).rgb
         timings["write_ms"] = _ms(t)
         checks = self.checker.check(rgb, out, faces) if self.checker else [None] * len(faces)
+        from deid.privacy.accountant import Charge  # DP runs only: dp-accounting is slow to import
+
         fact = Charge(**self.charge)  # the per-face facts are the charge's
         row["faces"] = [_face_row(face, fact, chk, spent) for face, chk, spent in zip(faces, checks, res["spent_after"])]
         dists = [c.id_distance for c in checks if c is not None]
