@@ -115,6 +115,10 @@ def _dynamic_graph(path: str) -> bytes:
             else:
                 d.dim_value = v
 
+    used = {name for node in graph.node for name in node.input}
+    unused = [t for t in graph.initializer if t.name not in used]  # batch-norm counters
+    for t in unused:
+        graph.initializer.remove(t)
     dims(inputs[0], ["B", 3, "H", "W"])
     for out, ch in zip(graph.output, (1, 2, 2, 10)):
         dims(out, ["B", ch, "h", "w"])
@@ -182,9 +186,9 @@ class CenterFaceDetector:
         self.max_side = max_side
         self.providers = list(providers) if providers else default_providers()
         opts = session_options() or onnxruntime.SessionOptions()
+        opts.log_severity_level = 3  # warnings only from errors up: the file's own quirks are handled above
         if threads:  # otherwise: the CPUs Ray gave this actor, or onnxruntime's default outside Ray
             opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
-        opts.log_severity_level = 3  # the published file has unused batch-norm counters: not our warning
         self._sess = onnxruntime.InferenceSession(_dynamic_graph(self.model_file), sess_options=opts,
                                                   providers=self.providers)
 

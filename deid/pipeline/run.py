@@ -159,6 +159,10 @@ def pool_plan(manifest: Manifest, resources: dict) -> tuple[int, dict]:
     return size, {"num_cpus": 1, "num_gpus": gpa or None}
 
 
+#: Plans up to this many records are handed to Ray Data row by row (see _ray_results).
+FROM_ITEMS_MAX_ROWS = 200_000
+
+
 def _ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None):
     """Yield audit tables from the Ray Data plan as actors finish batches."""
     ray = _init_ray(manifest)
@@ -179,8 +183,13 @@ def _ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=Non
     # whole batches per block and at most ~1k rows keep retries cheap after an actor dies.
     rows_per_block = max(bs, min(math.ceil(n / (8 * actors)), 1024))
     rows_per_block = math.ceil(rows_per_block / bs) * bs
-    blocks = [plan.slice(i, rows_per_block) for i in range(0, n, rows_per_block)]
-    ds = ray.data.from_arrow(blocks)
+    n_blocks = math.ceil(n / rows_per_block)
+    if n <= FROM_ITEMS_MAX_ROWS:
+        # Built on the driver: no metadata task per block, so no task workers start while the
+        # actors do (measured on 2 CPUs, 3,000 records: first batch 2.2-2.4 s vs 3.1-5.3 s).
+        ds = ray.data.from_items(plan.to_pylist(), override_num_blocks=n_blocks)
+    else:  # from_items costs ~9 us a row on the driver; past this, one task per block costs less
+        ds = ray.data.from_arrow([plan.slice(i, rows_per_block) for i in range(0, n, rows_per_block)])
     ds = ds.map_batches(
         ProcessRecords,
         fn_constructor_kwargs={"manifest": manifest.model_dump(mode="json"), "ctx": ctx.__dict__, "budget": budget},
