@@ -216,9 +216,9 @@ def run_once(inp: Path, work: Path, args, count: int) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(work))
     release = out / "release"
 
-    def progress() -> str:  # released files so far (the run keeps the folder layout flat here)
+    def progress() -> str:  # released files so far (hashed names: one sub-folder level)
         try:
-            return f"{sum(1 for _ in release.iterdir())} released"
+            return f"{sum(1 for p in release.rglob('*.jpg'))} released"
         except OSError:
             return "0 released"
 
