@@ -9,10 +9,11 @@ OMP/OpenBLAS/MKL threads are set to 1 before numpy is imported):
   dp-image face   ``DPImage.__call__(rgb, faces)`` on a 250x250 LFW photo with one face,
                   detection excluded (faces are detected once, up front): align -> encode
                   -> clip + noise (OpenDP) -> posterior mean onto the public prior -> decode
-                  -> paste back through the face oval. Default params (laplace, epsilon 8,
-                  posterior-mean) and the default latent model (builtin:eigenfaces).
-  sampler         ``LatentMechanism.__call__(z)``: clip + OpenDP noise on one 128-d code,
-                  the exact call DPImage makes per face, in the same run.
+                  -> paste back through the face oval. Default params (laplace, epsilon 1,
+                  noise_dims and post from ``DPImageParams``) unless ``--epsilon`` /
+                  ``--noise-dims`` say otherwise; default latent model (builtin:eigenfaces).
+  sampler         ``LatentMechanism.__call__(z)``: clip + OpenDP noise on the noised
+                  dimensions of one code, the exact call DPImage makes per face, in the same run.
   stages          the same pipeline split into its steps (align, encode, mechanism,
                   posterior, decode, paste_back), each timed separately.
 
@@ -89,8 +90,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "lfw-dev"))
     ap.add_argument("--photos", type=int, default=20)
     ap.add_argument("--reps", type=int, default=300)
-    ap.add_argument("--epsilon", type=float, default=8.0)
-    ap.add_argument("--noise-dims", type=int, default=None, help="dp-image noise_dims (default: all 128)")
+    ap.add_argument("--epsilon", type=float, default=1.0)
+    ap.add_argument("--noise-dims", type=int, default=None,
+                    help="dp-image noise_dims (default: DPImageParams' default)")
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args(argv)
 

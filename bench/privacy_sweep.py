@@ -41,10 +41,11 @@ used), ``posterior-sample`` draws its sample from ``np.random.default_rng()`` (O
 as the pipeline does. A re-run therefore gives slightly different numbers (one draw per
 face; with ~470 faces the fractions move by about 1-2 points).
 
-Settings: dp-image laplace at epsilon 1, 3, 8 (the default), 10, 30, 100, 1000, 1e4, 1e5
+Settings: dp-image laplace at epsilon 1 (the default), 3, 8, 10, 30, 100, 1000, 1e4, 1e5
 (post = posterior-mean, the default), posterior-sample at epsilon 10, epsilon 1e6 (the
 largest the params allow: clipped + grid-snapped reconstruction, practically no noise), and
-epsilon 8 with ``noise_dims`` 16 / 32 (group ``dp-image-dims``);
+epsilon 1 and 10 with ``noise_dims`` 8 / 12 / 16 / 24 / 32 (group ``dp-image-dims``: the
+leading components are noised, the rest replaced by the public mean; still DP);
 deepblur sigma 0.25, 0.5, 1, 2, 4 (the default), 8, 1000; ``recon`` = deepblur with sigma
 1e-3 (the filter's radius rounds to 0: the plain encode -> decode -> paste-back, no
 clipping); blur at its defaults; ``original`` = the unedited photo (detection baseline).
@@ -82,6 +83,9 @@ from deid.io.decode import decode_image  # noqa: E402
 THRESHOLD = 0.6
 EPSILONS = [1, 3, 8, 10, 30, 100, 1000, 10000, 100000]
 SIGMAS = [0.25, 0.5, 1, 2, 4, 8, 1000]
+#: group dp-image-dims: how many leading components carry noise (the rest: public mean)
+DIMS_EPSILONS = [1, 10]
+NOISE_DIMS = [8, 12, 16, 24, 32]
 
 
 def settings() -> dict[str, tuple[str, dict, str]]:
@@ -92,8 +96,10 @@ def settings() -> dict[str, tuple[str, dict, str]]:
         s[f"dp-image eps={e:g}"] = ("dp-image", {"epsilon": float(e)}, "dp-image")
     s["dp-image eps=10 posterior-sample"] = ("dp-image", {"epsilon": 10.0, "post": "posterior-sample"}, "dp-image")
     s["dp-image eps=1e+06 (max; ~no noise)"] = ("dp-image", {"epsilon": 1e6}, "dp-image")
-    for k in (16, 32):  # fewer noised dimensions, the rest replaced by the public mean (still DP)
-        s[f"dp-image eps=8 noise_dims={k}"] = ("dp-image", {"epsilon": 8.0, "noise_dims": k}, "dp-image-dims")
+    for e in DIMS_EPSILONS:  # fewer noised dimensions, the rest replaced by the public mean (still DP)
+        for k in NOISE_DIMS:
+            s[f"dp-image eps={e:g} noise_dims={k}"] = ("dp-image", {"epsilon": float(e), "noise_dims": k},
+                                                       "dp-image-dims")
     for g in SIGMAS:
         s[f"deepblur sigma={g:g}"] = ("deepblur", {"sigma": float(g)}, "deepblur")
     s["blur (default)"] = ("blur", {}, "blur")
