@@ -30,7 +30,7 @@ import tempfile
 import numpy as np
 
 from deid.faces.onnx_runtime import check_rgb, default_providers, session_options
-from deid.faces.types import Face, clip_box
+from deid.faces.types import Face, clip_box, shrink_for_detection
 
 #: Output names of the published model: heatmap, log box size (h, w), centre offset (y, x),
 #: keypoints ((y, x) x 5, relative to the box, in box units).
@@ -204,15 +204,9 @@ class CenterFaceDetector:
         return boxes[keep], scores[keep], pts[keep]
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        import cv2
-
         rgb = check_rgb(rgb)
         h, w = rgb.shape[:2]
-        scale = 1.0
-        work = rgb
-        if self.max_side and max(h, w) > self.max_side:
-            scale = self.max_side / max(h, w)
-            work = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        work, scale = shrink_for_detection(rgb, self.max_side)
         boxes, scores, pts = self.raw(work)
         faces: list[Face] = []
         for box, score, kp in zip(boxes / scale, scores, pts / scale):

@@ -13,7 +13,7 @@ import numpy as np
 
 from deid.faces.align import five_from_68
 from deid.faces.models import dlib_model_path
-from deid.faces.types import Face, clip_box
+from deid.faces.types import Face, clip_box, shrink_for_detection
 
 
 def _shape_points(shape) -> np.ndarray:
@@ -48,13 +48,7 @@ class DlibDetector:
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         h, w = rgb.shape[:2]
-        scale = 1.0
-        work = rgb
-        if self.max_side and max(h, w) > self.max_side:
-            import cv2
-
-            scale = self.max_side / max(h, w)
-            work = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        work, scale = shrink_for_detection(rgb, self.max_side)
         faces: list[Face] = []
         for rect, score in self._raw(work):
             if scale != 1.0:

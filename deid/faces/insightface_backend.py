@@ -35,7 +35,7 @@ from deid.faces.onnx_runtime import default_providers
 from deid.faces.onnx_runtime import gpu_visible as _gpu_visible  # noqa: F401 - re-exported for tests
 from deid.faces.onnx_runtime import provider_names as _provider_names
 from deid.faces.onnx_runtime import session_options as _session_options
-from deid.faces.types import Face, clip_box
+from deid.faces.types import Face, clip_box, shrink_for_detection
 
 #: Packs known to work, with their detection and recognition files.
 KNOWN_PACKS = {
@@ -275,12 +275,7 @@ class InsightFaceDetector:
 
         rgb = _check_rgb(rgb)
         h, w = rgb.shape[:2]
-        scale = 1.0
-        work = rgb
-        if self.max_side and max(h, w) > self.max_side:
-            scale = self.max_side / max(h, w)
-            work = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
-                              interpolation=cv2.INTER_AREA)
+        work, scale = shrink_for_detection(rgb, self.max_side)
         bgr = cv2.cvtColor(work, cv2.COLOR_RGB2BGR)  # insightface takes OpenCV's BGR
         dets, kpss = self._model.detect(bgr, input_size=(self.det_size, self.det_size))
         faces: list[Face] = []

@@ -58,3 +58,16 @@ def clip_box(x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> tupl
         int(max(0, min(w, round(x1)))),
         int(max(0, min(h, round(y1)))),
     )
+
+
+def shrink_for_detection(rgb: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """``(image, scale)``: ``rgb`` shrunk (area interpolation) so its longer side is at most
+    ``max_side``, and the factor applied; ``(rgb, 1.0)`` when it already fits or no cap is
+    set. Detectors divide what they find by ``scale`` to map it back."""
+    h, w = rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return rgb, 1.0
+    import cv2
+
+    scale = max_side / max(h, w)
+    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA), scale
