@@ -1,28 +1,31 @@
 """deid blur (checks off) vs the `deface` CLI (PyPI package): images/s on the same folder,
 and face recall of both detectors on the hand-labelled dlib example boxes.
 
-    python3 -m venv /tmp/deface-venv && /tmp/deface-venv/bin/pip install deface   # its own venv
+    python3 -m venv /tmp/deface-venv && /tmp/deface-venv/bin/pip install deface onnxruntime onnx   # its own venv
     .venv/bin/python bench/deface_compare.py --deface /tmp/deface-venv/bin/deface
-    .venv/bin/python bench/deface_compare.py --folder DIR --count 100,500 --repeat 2
+    .venv/bin/python bench/deface_compare.py --folder DIR --count 1000,6000 --repeat 2
 
 Throughput (same folder, same machine, one run, rounds interleaved, medians): both tools
 as a user runs them, each a fresh process timed from start to exit:
 
   deid    `python -m deid.cli.app run manifest.yaml --no-progress`: embedded Ray,
-          anonymize.method blur, checks.enabled false, everything else default
-          (detect dlib-hog upsample 1, run.actors = one per core)
+          anonymize.method blur, checks.enabled false, detect.backend one of
+          --deid-detectors (default: dlib-hog, deid's default, and centerface, deface's
+          detector), everything else default (run.actors = one per core)
   deface  `deface <folder>` with its defaults (CenterFace, threshold 0.2, blur; the
           ONNX backend it picks: onnxruntime if installed in its venv, else OpenCV DNN)
 
-Each tool gets its own copy of the first N images (deface writes its outputs next to
-its inputs). With two counts (default 100 and 500) the script also prints the marginal
+Each tool gets its own flat folder of N images (deface writes its outputs next to its
+inputs and does not descend into sub-folders). N may exceed the source folder: the source
+photos are then used again under other names (a big folder of the same kind of photos;
+the file cache is warmed for both tools). With two counts the script also prints the marginal
 rate (images added / seconds added), in which each tool's fixed start-up cost (Ray
 start and actor model loading for deid; interpreter, imports and ONNX session for
 deface) cancels out. Target in the issue: deid >= 2x deface's images/s.
 
 Recall: testing.xml and training.xml in --xml-dir (dlib's examples/faces, PASCAL VOC
-photos with hand-drawn boxes). deid's detector is deid.faces.make_detector with the
-manifest defaults; deface's is deface.centerface.CenterFace (default in_shape, i.e. full
+photos with hand-drawn boxes). deid's detectors are deid.faces.make_detector with the
+manifest defaults of each backend; deface's is deface.centerface.CenterFace (default in_shape, i.e. full
 resolution) called with the CLI's default threshold 0.2, run in deface's venv. A labelled
 box is found if a detection overlaps it with IoU >= the threshold (one detection per box,
 greedy by IoU); reported at IoU 0.3 and 0.5. CenterFace boxes include forehead and chin
@@ -102,14 +105,14 @@ def match(gt: list, det: list, thr: float) -> tuple[int, int]:
     return len(used_g), len(det) - len(used_d)
 
 
-def deid_detections(paths: list[Path]) -> dict[Path, list]:
+def deid_detections(paths: list[Path], backend: str) -> dict[Path, list]:
     import numpy as np
     from PIL import Image
 
     from deid.config.schema import DetectConfig
     from deid.faces import make_detector
 
-    det = make_detector(DetectConfig())
+    det = make_detector(DetectConfig(backend=backend))
     return {p: [f.box for f in det.detect(np.asarray(Image.open(p).convert("RGB")))] for p in paths}
 
 
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--deface", default="/tmp/deface-venv/bin/deface", help="deface executable (its venv's python is used for recall)")
     ap.add_argument("--folder", default=str(REPO.parent / "shared" / "data" / "lfw-public-ref"))
-    ap.add_argument("--count", default="100,500",
+    ap.add_argument("--deid-detectors", default="dlib-hog,centerface", help="deid detect.backend values to run")
+    ap.add_argument("--count", default="1000,6000",
                     help="images per throughput run; two or more comma-separated counts also give the marginal rate")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--xml-dir", default=str(REPO.parent / "shared" / "data" / "group" / "dlib_examples_faces"))
@@ -155,22 +159,25 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------ recall
     print()
-    print(f"recall on hand-labelled boxes ({args.xml_dir}); deid: dlib-hog, upsample 1 (defaults); "
+    detectors = args.deid_detectors.split(",")
+    deid_tools = [f"deid:{d}" for d in detectors]
+    print(f"recall on hand-labelled boxes ({args.xml_dir}); deid: {', '.join(detectors)} (their defaults); "
           f"deface: CenterFace, threshold {args.thresh}")
-    print(f"{'set':<10} {'images':>6} {'boxes':>5} {'tool':<7} {'found@0.3':>9} {'recall@0.3':>10} "
+    print(f"{'set':<12} {'images':>6} {'boxes':>5} {'tool':<16} {'found@0.3':>9} {'recall@0.3':>10} "
           f"{'found@0.5':>9} {'recall@0.5':>10} {'extra@0.3':>9} {'det s':>6}")
     for xml_name in ("testing.xml", "training.xml"):
         gt = read_boxes(Path(args.xml_dir) / xml_name)
         paths = sorted(gt)
         nbox = sum(len(v) for v in gt.values())
-        for tool in ("deid", "deface"):
+        for tool in deid_tools + ["deface"]:
             t = time.perf_counter()
-            dets = deid_detections(paths) if tool == "deid" else deface_detections(dpy, paths, args.thresh)
+            dets = (deid_detections(paths, tool.split(":", 1)[1]) if tool.startswith("deid")
+                    else deface_detections(dpy, paths, args.thresh))
             secs = time.perf_counter() - t
             f3 = sum(match(gt[p], dets[p], 0.3)[0] for p in paths)
             f5 = sum(match(gt[p], dets[p], 0.5)[0] for p in paths)
             extra = sum(match(gt[p], dets[p], 0.3)[1] for p in paths)
-            print(f"{xml_name:<10} {len(paths):6d} {nbox:5d} {tool:<7} {f3:9d} {f3 / nbox:10.1%} {f5:9d} "
+            print(f"{xml_name:<12} {len(paths):6d} {nbox:5d} {tool:<16} {f3:9d} {f3 / nbox:10.1%} {f5:9d} "
                   f"{f5 / nbox:10.1%} {extra:9d} {secs:6.1f}")
     print("  (det s for deface includes its interpreter start and model load; deid's includes model load)")
 
@@ -184,17 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[tuple[str, int], list[float]] = {}
     others: dict[tuple[str, int], list[float]] = {}
     try:
+        tools = deid_tools + ["deface"]
         for r in range(args.repeat):
             for n in counts:
-                files = all_files[:n]
-                for tool in (("deid", "deface") if r % 2 == 0 else ("deface", "deid")):
-                    run_dir = tmp / f"{tool}{r}-{n}"
+                files = [(all_files[i % len(all_files)], f"{i // len(all_files)}-{all_files[i % len(all_files)].name}")
+                         for i in range(n)]
+                for tool in (tools if r % 2 == 0 else tools[::-1]):
+                    run_dir = tmp / f"{tool.replace(':', '-')}{r}-{n}"
                     inp = run_dir / "in"
                     inp.mkdir(parents=True)
-                    for p in files:
-                        shutil.copyfile(p, inp / p.name)
-                        (inp / p.name).read_bytes()
-                    if tool == "deid":
+                    for p, name in files:
+                        shutil.copyfile(p, inp / name)
+                        (inp / name).read_bytes()
+                    if tool.startswith("deid"):
                         import yaml
 
                         (run_dir / "m.yaml").write_text(yaml.safe_dump({
@@ -202,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                             "output": {"uri": str(run_dir / "release"), "quarantine_uri": str(run_dir / "quarantine"),
                                        "naming_key_file": str(tmp / "naming.key")},
                             "audit": {"uri": str(run_dir / "audit")},
+                            "detect": {"backend": tool.split(":", 1)[1]},
                             "anonymize": {"method": "blur"},
                             "checks": {"enabled": False},
                             "run": {"progress": False},
@@ -222,23 +232,26 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"throughput on the first N images of {src} (medians of {args.repeat} rounds; each tool a fresh "
               f"process, wall from start to exit):")
-        print(f"{'tool':<8} {'images':>6} {'seconds':>8} {'images/s':>9} {'others':>6}")
+        print(f"{'tool':<16} {'images':>6} {'seconds':>8} {'images/s':>9} {'others':>6}")
         rate: dict[tuple[str, int], float] = {}
         sec: dict[tuple[str, int], float] = {}
         for n in counts:
-            for tool in ("deid", "deface"):
+            for tool in tools:
                 sec[tool, n] = statistics.median(walls[tool, n])
                 rate[tool, n] = n / sec[tool, n]
-                print(f"{tool:<8} {n:6d} {sec[tool, n]:8.2f} {rate[tool, n]:9.2f} "
+                print(f"{tool:<16} {n:6d} {sec[tool, n]:8.2f} {rate[tool, n]:9.2f} "
                       f"{statistics.median(others[tool, n]):6.2f}")
-        for n in counts:
-            print(f"ratio deid / deface images/s at {n} images = {rate['deid', n] / rate['deface', n]:.2f}  (target >= 2.0)")
+        for tool in deid_tools:
+            for n in counts:
+                print(f"ratio {tool} / deface images/s at {n} images = {rate[tool, n] / rate['deface', n]:.2f}  "
+                      "(target >= 2.0)")
         if len(counts) > 1:
             lo, hi = counts[0], counts[-1]
             marg = {t: (hi - lo) / (sec[t, hi] - sec[t, lo]) if sec[t, hi] > sec[t, lo] else float("nan")
-                    for t in ("deid", "deface")}
+                    for t in tools}
             print(f"marginal images/s between {lo} and {hi} images (start-up and model loading cancel out): "
-                  f"deid {marg['deid']:.2f}, deface {marg['deface']:.2f}, ratio {marg['deid'] / marg['deface']:.2f}")
+                  + ", ".join(f"{t} {marg[t]:.2f}" for t in tools) + "; ratio to deface: "
+                  + ", ".join(f"{t} {marg[t] / marg['deface']:.2f}" for t in deid_tools))
         print("per round s: " + "; ".join(f"{t} {n}: " + ", ".join(f"{w:.2f}" for w in v) for (t, n), v in walls.items()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
