@@ -150,14 +150,18 @@ def test_wal_mode_and_durable_settings(ledger: Ledger, db: Path):
 
 
 def test_gaussian_charges_are_reported_at_max_delta(db: Path):
-    g = Charge("gaussian", 1.993091407908809 * (1 + 1e-9), 1e-5, 1.0, 2.0)
+    from deid.privacy.mechanisms import calibrate_gaussian
+
+    g = Charge.from_calibrated(calibrate_gaussian(2.0, 1e-5, 1.0, 8))  # discrete Gaussian, OpenDP-certified
     with Ledger.open(db, max_epsilon=5.0, max_delta=1e-5) as led:
         r = led.reserve("run1", "rec", [(ALICE, lap(1.0)), (ALICE, g)])
         assert r.ok
         eps, delta = led.spent(ALICE)
         assert delta == 1e-5
         assert eps == compose([lap(1.0), g], target_delta=1e-5)[0]
-        assert 1.993 < eps <= 1.0 + g.epsilon  # joint PLD, at most the basic-composition sum
+        assert 2.0 < eps < 1.0 + g.epsilon  # joint RDP (zCDP + Laplace), below the basic-composition sum
+        assert led.reserve("run1", "rec2", [(ALICE, g)]).ok  # a second Gaussian: RDP alone
+        assert led.spent(ALICE)[0] == compose([lap(1.0), g, g], target_delta=1e-5)[0] > eps
     # a ledger with no delta budget never admits a Gaussian release
     with Ledger.open(db.with_name("pure.db"), max_epsilon=100.0, max_delta=0.0) as led:
         assert not led.reserve("run1", "rec", [(ALICE, g)]).ok

@@ -361,6 +361,19 @@ def test_reported_delta_is_at_least_the_certified_delta(eps, delta):
         assert below > delta * (1 - 1e-9)
 
 
+@pytest.mark.parametrize("eps,delta", KNOWN)
+def test_certified_delta_of_a_charge_covers_the_release(eps, delta):
+    """certified_gaussian_delta (what the accountant checks a Gaussian charge with) at the
+    charged sensitivity Delta2_eff: the independent conversion at rho = Delta2_eff^2/(2 sigma^2),
+    at least the release's own certified delta, and within the reported delta."""
+    for sens, dim in ((1.0, 1), (3.0, 32), (0.01, 128)):
+        cal = M.calibrate_gaussian(eps, delta, sens, dim=dim)
+        got = M.certified_gaussian_delta(eps, cal.noise_scale, cal.sensitivity)
+        assert cal.opendp_zcdp_delta <= got <= delta
+        rho = (cal.sensitivity / cal.noise_scale) ** 2 / 2
+        assert got == pytest.approx(indep_cdp_delta(rho, eps), rel=1e-6)
+
+
 @HYP
 @given(st.floats(0.05, 20.0), st.floats(1e-10, 1e-2), st.floats(1e-3, 1e3))
 def test_gaussian_calibration_meets_delta(eps, delta, sens):

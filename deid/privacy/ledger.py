@@ -31,7 +31,9 @@ Contract
   :class:`LedgerError`.
 * **Reported spend** is :func:`deid.privacy.accountant.compose` of a subject's charges at
   ``target_delta = max_delta``: ``(sum of epsilons, 0)`` for pure Laplace histories,
-  ``(PLD epsilon at max_delta, max_delta)`` once a Gaussian release is in the history.
+  ``(epsilon at max_delta, max_delta)`` once a Gaussian release is in the history (RDP
+  composition of zCDP and Laplace events, or basic composition when the deltas fit; see the
+  accountant).
 """
 
 from __future__ import annotations

@@ -499,6 +499,22 @@ def _certified_gaussian_delta(dim: int, scale: float, k: int, d_in: float, epsil
     return float(approx.map(d_in).delta(epsilon))
 
 
+@functools.lru_cache(maxsize=4096)
+def certified_gaussian_delta(epsilon: float, sigma: float, sensitivity: float) -> float:
+    """OpenDP's certified delta(epsilon) of one discrete Gaussian release with noise ``sigma`` whose
+    inputs are at most ``sensitivity`` apart in L2, lattice rounding INCLUDED (as in
+    ``Calibrated.sensitivity``, i.e. Delta2_eff). The accountant checks a Gaussian charge with it.
+
+    It is the chain :func:`calibrate_gaussian` uses (``make_gaussian``'s zCDP map, then
+    ``make_zCDP_to_approxDP``; :func:`_certified_gaussian_delta`), run on a 1-vector at the finest
+    lattice 2^-1074, where OpenDP's rounding slack is 0: OpenDP then certifies
+    rho = sensitivity^2 / (2 sigma^2) (by its own map). The sampled release
+    (d coordinates, lattice 2^k) is rho_r-zCDP with rho_r = (Delta2 + sqrt(d) * 2^k)^2 / (2 sigma^2)
+    <= Delta2_eff^2 / (2 sigma^2), and delta(epsilon) grows with rho, so this delta is at least the
+    release's own certified delta (``Calibrated.opendp_zcdp_delta``)."""
+    return _certified_gaussian_delta(1, float(sigma), _K_MIN_F64, float(sensitivity), float(epsilon))
+
+
 def _opendp_sampler_name(mechanism: str) -> str:
     return f"opendp.measurements.make_{mechanism}"
 
