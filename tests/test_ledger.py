@@ -380,3 +380,13 @@ def test_a_file_that_is_not_a_ledger_is_a_clear_error(tmp_path):
     con = sqlite3.connect(other)
     assert [r[0] for r in con.execute("select name from sqlite_master where type='table'")] == ["customers"]
     con.close()
+
+
+def test_a_stored_charge_that_cannot_be_certified_is_a_ledger_error():
+    """A gaussian charge stating the continuous-Gaussian epsilon (what deid wrote before it
+    certified the discrete Gaussian through OpenDP's zCDP route) is not silently trusted."""
+    from deid.privacy.ledger import LedgerError, _charge
+
+    with pytest.raises(LedgerError, match=r"cannot certify \(gaussian, epsilon=1\.993.*docs/privacy\.md"):
+        _charge("gaussian", 1.993, 1e-5, 1.0, 2.0)
+    assert _charge("laplace", 1.0, 0.0, 2.0, 2.0).epsilon == 1.0

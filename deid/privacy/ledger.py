@@ -147,7 +147,15 @@ def _now() -> datetime:
 
 @functools.lru_cache(maxsize=65536)
 def _charge(mechanism: str, epsilon: float, delta: float, sensitivity: float, noise_scale: float) -> Charge:
-    return Charge(mechanism, epsilon, delta, sensitivity, noise_scale)  # type: ignore[arg-type]
+    try:
+        return Charge(mechanism, epsilon, delta, sensitivity, noise_scale)  # type: ignore[arg-type]
+    except ValueError as exc:
+        # e.g. a gaussian charge written before deid certified the discrete Gaussian through
+        # OpenDP's zCDP route: its stated epsilon is the continuous curve's, which this
+        # version cannot stand behind. Fail safe, and say what the row is.
+        raise LedgerError(f"the ledger holds a charge this deid cannot certify ({mechanism}, epsilon={epsilon}, "
+                          f"delta={delta}, sensitivity={sensitivity}, noise_scale={noise_scale}): {exc}. "
+                          "No release is charged against it; see docs/privacy.md (ledger)") from None
 
 
 def _row_charge(row) -> Charge:
