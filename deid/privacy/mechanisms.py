@@ -288,18 +288,13 @@ class Calibrated:
         return self.noise_scale / self.sensitivity
 
     def dp_event(self):
-        """The ``dp_accounting`` event for one release (for the accountant/ledger)."""
-        import dp_accounting
+        """The ``dp_accounting`` event for one release: the event of its ledger charge
+        (:meth:`deid.privacy.accountant.Charge.dp_event`, the one place that decides how a
+        release is accounted: ``LaplaceDpEvent``, or ``ZCDpEvent(rho)`` for the discrete
+        Gaussian, rho rounded up and never below OpenDP's own)."""
+        from deid.privacy.accountant import Charge
 
-        if self.mechanism == "laplace":
-            return dp_accounting.LaplaceDpEvent(noise_multiplier=self.noise_multiplier)
-        # The discrete Gaussian is certified as rho-zCDP (OpenDP), not as the continuous
-        # Gaussian's privacy-loss distribution: charge it as what is proved. rho is at least
-        # OpenDP's own (which includes its lattice rounding) and Delta2_eff^2 / (2 sigma^2).
-        rho = 0.5 * (self.sensitivity / self.noise_scale) ** 2
-        if math.isfinite(self.opendp_privacy):
-            rho = max(rho, self.opendp_privacy)
-        return dp_accounting.ZCDpEvent(rho=rho)
+        return Charge.from_calibrated(self).dp_event()
 
 
 def _granularity_exponent(nominal_scale: float, sensitivity: float, dim: int) -> int:
