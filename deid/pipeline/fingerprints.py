@@ -11,6 +11,10 @@ from deid.config.schema import Manifest
 from deid.faces.models import dlib_model_path, file_sha256
 
 
+#: Detectors whose faces come with dlib's own landmarks (5 or 68 points).
+DLIB_DETECTORS = ("dlib-hog", "dlib-cnn")
+
+
 def model_fingerprints(manifest: Manifest) -> list[dict]:
     out: list[dict] = []
     det = manifest.detect
@@ -28,10 +32,10 @@ def model_fingerprints(manifest: Manifest) -> list[dict]:
 
         path = find_models(det.model_dir).detection  # the checks use dlib, not the pack's recognizer
         out.append({"name": f"insightface:{os.path.basename(path)}", "sha256": file_sha256(path)})
-    if det.backend not in ("insightface", "centerface") or manifest.checks.enabled \
-            or manifest.anonymize.method in LATENT_METHODS:  # dlib5 latent models on other detectors' faces
+    dlib_landmarks = det.backend in DLIB_DETECTORS  # else dlib's models only place landmarks in boxes
+    if dlib_landmarks or manifest.checks.enabled or manifest.anonymize.method in LATENT_METHODS:
         out.append({"name": "dlib-shape5", "sha256": file_sha256(dlib_model_path("dlib-shape5"))})
-    if det.landmarks == 68 and det.backend not in ("insightface", "centerface"):
+    if det.landmarks == 68 and dlib_landmarks:
         out.append({"name": "dlib-shape68", "sha256": file_sha256(dlib_model_path("dlib-shape68"))})
     if manifest.checks.enabled:
         out.append({"name": "dlib-resnet128", "sha256": file_sha256(dlib_model_path("dlib-resnet128"))})

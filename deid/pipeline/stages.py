@@ -115,8 +115,8 @@ class ProcessRecords:
             ]
         finally:
             jobs, self._deferred = self._deferred or [], None
-            for _ in self._io_pool.map(lambda job: job(), jobs) if jobs else ():
-                pass
+            if jobs:  # wait for every write of the batch
+                list(self._io_pool.map(lambda job: job(), jobs))
         return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
 
     def _read_all(self, uris: list[str]) -> list:
