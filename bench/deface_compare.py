@@ -109,10 +109,10 @@ def deid_detections(paths: list[Path], backend: str) -> dict[Path, list]:
     import numpy as np
     from PIL import Image
 
-    from deid.config.schema import DetectConfig
+    from deid.config.schema import detect_section
     from deid.faces import make_detector
 
-    det = make_detector(DetectConfig(backend=backend))
+    det = make_detector(detect_section(backend=backend))
     return {p: [f.box for f in det.detect(np.asarray(Image.open(p).convert("RGB")))] for p in paths}
 
 

@@ -139,7 +139,7 @@ def main() -> None:
             continue
         ref = h[0].landmarks5
         iod = np.linalg.norm(ref[0] - ref[2])
-        e_ref = emb.embed(im, [h[0]])[0]
+        e_ref = emb.embed_faces(im, [h[0]])[0]
         x0, y0, x1, y1 = c[0].box
         w, hh = x1 - x0, y1 - y0
         boxes = {"raw box": (x0, y0, x1, y1),
@@ -148,7 +148,7 @@ def main() -> None:
             b = [int(round(v)) for v in b]
             pts = _shape_points(sp5(im, dlib.rectangle(b[0], b[1], b[2] - 1, b[3] - 1)))
             err[k].append(np.linalg.norm(pts - ref, axis=1).mean() / iod)
-            e = emb.embed(im, [Face(box=c[0].box, score=1.0, landmarks5=pts, landmark_layout="dlib5")])[0]
+            e = emb.embed_faces(im, [Face(box=c[0].box, score=1.0, landmarks5=pts, landmark_layout="dlib5")])[0]
             dist[k].append(float(np.linalg.norm(e - e_ref)))
     print(f"   evaluated on {len(err['raw box'])} faces (photos {args.n}..{2 * args.n - 1}):")
     for k in err:

@@ -68,6 +68,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+import deid.pipeline.engine as deid_engine  # noqa: E402
 import deid.pipeline.run as deid_run  # noqa: E402
 from deid.config import manifest_from_dict  # noqa: E402
 from deid.pipeline.stages import ProcessRecords  # noqa: E402
@@ -386,11 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}, "
               f"torch {torch.__version__}, cuda available: {cuda}, GPU: {gpu_name}")
 
-        deid_run.ProcessRecords = ProbedProcessRecords  # the same stage, plus the device report
+        deid_engine.ProcessRecords = ProbedProcessRecords  # the same stage, plus the device report
         m0 = make_manifest(tmp / "input", tmp / "init", model, cpus=cpus, actors=1, gpus=0.0,
                            batch_size=args.batch_size, upsample=args.upsample)
         t = time.perf_counter()
-        ray = deid_run._init_ray(m0)
+        ray = deid_engine.init_ray(m0)
         import ray.data  # noqa: F401
 
         res = ray.cluster_resources()

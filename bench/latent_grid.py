@@ -124,8 +124,8 @@ def main() -> None:
     det = DlibDetector(upsample=1)
     emb = DlibEmbedder()
     checker = IdentityChecker(emb, det, threshold=0.6, redetect=True)  # deid's audit check: same re-detection rule
-    shapes = [emb.shapes(rgb, [f]) for rgb, f in eval_items]
-    before = [emb.embed_shapes(rgb, s)[0] for (rgb, _), s in zip(eval_items, shapes)]
+    shapes = [emb.locate(rgb, [f]) for rgb, f in eval_items]
+    before = [emb.embed(rgb, s)[0] for (rgb, _), s in zip(eval_items, shapes)]
 
     header = ["crop", "scale", "k", "expl.var", "rmse_crop", "rmse_face", "redetect", "id_med", "same", "L1", "eps1",
               "MB", "dec_ms"]
@@ -156,7 +156,7 @@ def main() -> None:
                 for (rgb, face), (crop_o, m), r, sh, b in zip(eval_items, aligned, rec, shapes, before):
                     out = paste_back(rgb, r, m, mask)
                     still.append(checker._still_detected(out, face))
-                    dist.append(float(np.linalg.norm(emb.embed_shapes(out, sh)[0] - b)))
+                    dist.append(float(np.linalg.norm(emb.embed(out, sh)[0] - b)))
                 dist = np.array(dist)
                 l1 = float(np.sum(model.upper - model.lower)) if k > 0 else 0.0
                 eps1 = float(np.sqrt(2) * l1 / np.mean(model.std)) if k > 0 else 0.0

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = [int(c) for c in args.count.split(",")]
     w, h = (int(v) for v in args.size.lower().split("x"))
-    from deid.config.schema import DetectConfig, RunConfig
+    from deid.config.schema import RunConfig, detect_section
 
     base = Path(tempfile.mkdtemp(prefix="deid-mem-", dir=args.corpus or None))
     pool = base / "pool"
@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = RunConfig()
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM; "
               f"run.batch_size={args.batch_size or rc.batch_size}, run.actors={args.actors or 'default (one per CPU)'}, "
-              f"run.cpus={args.cpus or 'default (all)'}, detect.upsample={DetectConfig().upsample}, "
-              f"detect.max_side={args.max_side or DetectConfig().max_side}, checks={'on' if args.checks else 'off'}, blur")
+              f"run.cpus={args.cpus or 'default (all)'}, detect.upsample={detect_section().upsample}, "
+              f"detect.max_side={args.max_side or detect_section().max_side}, checks={'on' if args.checks else 'off'}, blur")
         for n in counts:
             work = base / f"run{n}"
             inp = work / "in"

@@ -166,13 +166,13 @@ class OriginalCachedEmbedder:
     def set_original(self, rgb: np.ndarray, emb: np.ndarray) -> None:
         self._orig, self._emb = rgb, emb
 
-    def shapes(self, rgb, faces):
-        return self.inner.shapes(rgb, faces)
+    def locate(self, rgb, faces):
+        return self.inner.locate(rgb, faces)
 
-    def embed_shapes(self, rgb, shapes):
+    def embed(self, rgb, shapes):
         if rgb is self._orig and self._emb is not None:
             return self._emb
-        self.last_after = self.inner.embed_shapes(rgb, shapes)
+        self.last_after = self.inner.embed(rgb, shapes)
         return self.last_after
 
     distance = staticmethod(DlibEmbedder.distance)
@@ -182,7 +182,7 @@ def original_embeddings(imgs, faces, emb: DlibEmbedder, cache: Path) -> list[np.
     if cache.exists():
         z = np.load(cache)
         return [z[f"e{i}"] for i in range(len(imgs))]
-    out = [emb.embed(rgb, fs) if fs else np.zeros((0, 128)) for rgb, fs in zip(imgs, faces)]
+    out = [emb.embed_faces(rgb, fs) if fs else np.zeros((0, 128)) for rgb, fs in zip(imgs, faces)]
     np.savez(cache, **{f"e{i}": e for i, e in enumerate(out)})
     return out
 

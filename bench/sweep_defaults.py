@@ -77,17 +77,17 @@ class _OriginalCache:
         self._key = None
         self._val = None
 
-    def shapes(self, rgb, faces):
-        return self.inner.shapes(rgb, faces)
+    def locate(self, rgb, faces):
+        return self.inner.locate(rgb, faces)
 
-    def embed_shapes(self, rgb, shapes):
+    def embed(self, rgb, shapes):
         if rgb is self._key:
             return self._val
-        return self.inner.embed_shapes(rgb, shapes)
+        return self.inner.embed(rgb, shapes)
 
     def remember(self, rgb, faces):
         self._key = None
-        self._val = self.inner.embed_shapes(rgb, self.inner.shapes(rgb, faces))
+        self._val = self.inner.embed(rgb, self.inner.locate(rgb, faces))
         self._key = rgb
 
     distance = staticmethod(lambda a, b: np.linalg.norm(np.asarray(a) - np.asarray(b), axis=-1))
@@ -99,11 +99,11 @@ _W: dict = {}
 def _init_worker(grid: list[tuple[str, dict]]) -> None:
     from deid.anonymize import make_anonymizer
     from deid.audit.check import IdentityChecker
-    from deid.config import ChecksConfig, DetectConfig
+    from deid.config import ChecksConfig, detect_section
     from deid.faces import make_detector
     from deid.faces.dlib_backend import DlibEmbedder
 
-    det = make_detector(DetectConfig())
+    det = make_detector(detect_section())
     emb = _OriginalCache(DlibEmbedder())
     chk = ChecksConfig()
     _W["det"] = det

@@ -8,7 +8,7 @@ Modes, all measured in this one process, one after the other, on the same files:
 
   (a) ray, checks off   run_job(engine="ray"), embedded local Ray, actors = cpus, blur
   (b) ray, checks on    the same with the identity check (dlib ResNet-128 + re-detection)
-  (c) inline            ProcessRecords built directly in this process (as _inline_results
+  (c) inline            ProcessRecords built directly in this process (as engine.inline_results
                         does), checks off: the same per-record work as (a), no Ray
   (d) inline, checks on extra context row: the same work as (b), no Ray
 
@@ -54,7 +54,8 @@ if str(REPO) not in sys.path:
 
 from deid.config import manifest_from_dict  # noqa: E402
 from deid.pipeline.fingerprints import model_fingerprints  # noqa: E402
-from deid.pipeline.run import _init_ray, new_run_id, plan_records, run_job  # noqa: E402
+from deid.pipeline.engine import init_ray as _init_ray  # noqa: E402
+from deid.pipeline.run import new_run_id, plan_records, run_job  # noqa: E402
 from deid.pipeline.stages import ProcessRecords, RunContext  # noqa: E402
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".pgm", ".ppm"}

@@ -28,7 +28,7 @@ def laplace(eps: float, sensitivity: float = 1.0) -> Charge:
 
 def gaussian(eps: float, delta: float = 1e-5, sensitivity: float = 1.0, dim: int = 8) -> Charge:
     """The charge of one calibrated discrete Gaussian release (what the pipeline charges)."""
-    return Charge.from_calibrated(M.calibrate_gaussian(eps, delta, sensitivity, dim))
+    return Charge.of(M.calibrate_gaussian(eps, delta, sensitivity, dim))
 
 
 def rdp_direct(events, delta: float) -> float:
@@ -111,7 +111,7 @@ _GRID = [(1.0, 1e-5, 1.0, 8), (8.0, 1e-6, 119.5, 128), (0.1, 1e-5, 2.0, 32), (3.
 @pytest.mark.parametrize("eps,delta,sens,dim", _GRID)
 def test_calibrated_gaussian_charges_are_accepted_and_certified(eps, delta, sens, dim):
     cal = M.calibrate_gaussian(eps, delta, sens, dim)
-    c = Charge.from_calibrated(cal)
+    c = Charge.of(cal)
     # the check is OpenDP's chain at the charged sensitivity, and it is within the claim
     certified = M.certified_gaussian_delta(c.epsilon, c.noise_scale, c.sensitivity)
     assert cal.opendp_zcdp_delta <= certified <= delta

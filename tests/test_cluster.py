@@ -148,7 +148,7 @@ except SystemExit as exc:
 import ray
 from ray._private import state
 from deid.config import manifest_from_dict
-from deid.pipeline.run import _init_ray
+from deid.pipeline.engine import init_ray as _init_ray
 out = {"actors": [{"cls": a["ActorClassName"], "node": a["Address"]["NodeID"], "owner": a["OwnerAddress"]["NodeID"]}
                   for a in state.actors().values()],
        "explicit": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])}

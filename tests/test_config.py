@@ -113,6 +113,25 @@ def test_cross_field_checks():
     assert any("quarantine_uri must be set" in v for v in errs.values())
     ok = manifest_from_dict({"input": {"uri": "s3://in/photos"}, "output": {"uri": "s3://released", "quarantine_uri": "s3://q/x"}})
     assert ok.quarantine_uri == "s3://q/x"
-    # a detector error is reported together with the other errors, at its section
+    # a detector error is reported together with the other errors, at its field
     errs = _errors({"input": {"uri": "a", "bogus": 1}, "output": {"uri": "b"}, "detect": {"backend": "insightface"}})
-    assert "input.bogus" in errs and "model_dir is required" in errs["detect"]
+    assert "input.bogus" in errs and errs["detect.model_dir"] == "required field is missing"
+
+
+def test_plugin_sections_are_validated_by_the_plugin_they_name():
+    """detect / latent / anonymize.params take the params of the plug-in they name: a key of
+    another backend is an unknown key at its own path; an unknown name lists the known ones."""
+    errs = _errors({**MINIMAL, "detect": {"backend": "centerface", "upsample": 2, "min_score": "x"}})
+    assert "unknown key" in errs["detect.upsample"] and "detect.min_score" in errs
+    errs = _errors({**MINIMAL, "detect": {"backend": "yolo"}, "latent": {"backend": "stylegan9"},
+                    "anonymize": {"method": "swap"}})
+    assert "unknown detector 'yolo'" in errs["detect.backend"] and "dlib-hog" in errs["detect.backend"]
+    assert "unknown latent 'stylegan9'" in errs["latent.backend"] and "pca" in errs["latent.backend"]
+    assert "unknown method 'swap'" in errs["anonymize.method"] and "blur" in errs["anonymize.method"]
+    errs = _errors({**MINIMAL, "latent": {"backend": "torchscript", "encoder": "e.pt"}})
+    assert {"latent.decoder", "latent.bounds", "latent.crop_size"} <= set(errs)
+    m = manifest_from_dict({**MINIMAL, "detect": {"backend": "dlib-cnn", "upsample": 0}})
+    assert (m.detect.backend, m.detect.upsample, m.detect.landmarks) == ("dlib-cnn", 0, 5)
+    dumped = m.model_dump(mode="json")
+    assert dumped["detect"]["upsample"] == 0 and dumped["latent"]["backend"] == "pca"
+    assert manifest_from_dict(dumped).config_sha256() == m.config_sha256()

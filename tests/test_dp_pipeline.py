@@ -173,7 +173,9 @@ def test_a_retried_record_is_charged_for_every_draw(tmp_path, dp_env):
     from deid.privacy.service import BudgetService
 
     svc = BudgetService(str(dp_env), 10.0, 0.0, "DEID_SUBJECT_KEY", None)
-    charge = {"mechanism": "laplace", "epsilon": 1.0, "delta": 0.0, "sensitivity": 2.0, "noise_scale": 2.0}
+    from deid.facts import DpRelease
+
+    charge = DpRelease(mechanism="laplace", epsilon=1.0, delta=0.0, sensitivity=2.0, noise_scale=2.0)
     first = svc.reserve("run-1", "rec-1", None, "ab" * 32, [(0, 0, 10, 10)], charge)
     again = svc.reserve("run-1", "rec-1", None, "ab" * 32, [(0, 0, 10, 10)], charge)
     assert first["ok"] and again["ok"]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import GROUP, VOC, lfw_images
-from deid.config.schema import DetectConfig
+from deid.config.schema import detect_section
 from deid.faces import make_detector
 from deid.faces.align import TEMPLATES, align, five_from_68, warp_back
 from deid.faces.dlib_backend import DlibDetector, DlibEmbedder
@@ -93,7 +93,7 @@ def test_max_side_downscales_detection_and_maps_boxes_back(hog):
 
 
 def test_cnn_detector_finds_the_face():
-    det = make_detector(DetectConfig(backend="dlib-cnn", upsample=0))
+    det = make_detector(detect_section(backend="dlib-cnn", upsample=0))
     faces = det.detect(rgb(lfw_images()[0]))
     assert len(faces) == 1 and faces[0].score > 0.5
 
@@ -123,7 +123,7 @@ def test_identity_embeddings_separate_people(hog, embedder):
     by_person: dict[str, list[np.ndarray]] = {}
     for p in lfw_images():
         img = rgb(p)
-        vec = embedder.embed(img, hog.detect(img))
+        vec = embedder.embed_faces(img, hog.detect(img))
         assert vec.shape == (1, 128)
         by_person.setdefault(p.parent.name, []).append(vec[0])
     same = [embedder.distance(a, b) for v in by_person.values() for a, b in itertools.combinations(v, 2)]

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import base_manifest
 from deid.config import manifest_from_dict
-from deid.pipeline.run import RunError, pool_plan
+from deid.pipeline.engine import RunError, pool_plan
 
 
 def _m(tmp_path, **run):

@@ -28,7 +28,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from deid.config.schema import DetectConfig
+from deid.config.schema import detect_section
 from deid.faces import make_detector
 from deid.faces.align import align
 from deid.faces.insightface_backend import (
@@ -289,7 +289,7 @@ def test_directory_without_detector_names_it(pack, tmp_path):
     msg = str(err.value)
     assert str(d) in msg and "no detection model" in msg and "buffalo_l" in msg and "w600k_tiny.onnx: recognition" in msg
     with pytest.raises(FileNotFoundError, match="no detection model"):
-        make_detector(DetectConfig(backend="insightface", model_dir=str(d)))
+        make_detector(detect_section(backend="insightface", model_dir=str(d)))
 
 
 def test_empty_directory_and_nested_pack(pack, tmp_path):
@@ -387,7 +387,7 @@ def test_detect_rejects_non_rgb(detector):
 
 
 def test_make_detector_builds_insightface(pack, photo):
-    det = make_detector(DetectConfig(backend="insightface", model_dir=str(pack), det_size=DET_SIZE))
+    det = make_detector(detect_section(backend="insightface", model_dir=str(pack), det_size=DET_SIZE))
     assert isinstance(det, InsightFaceDetector)
     assert det.det_size == DET_SIZE and det.providers == ["CPUExecutionProvider"]
     assert det.model_file == str(pack / "det_tiny.onnx")
@@ -419,20 +419,20 @@ def test_embedder_on_detected_faces(detector, embedder, photo, pack):
     assert embedder.name == "insightface:w600k_tiny" and embedder.dim == EMB_DIM
     assert embedder.model_file == str(pack / "w600k_tiny.onnx")
     faces = detector.detect(photo)
-    emb = embedder.embed(photo, faces)
+    emb = embedder.embed_faces(photo, faces)
     assert emb.shape == (1, EMB_DIM) and emb.dtype == np.float64
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-9)
     np.testing.assert_allclose(emb[0], _expected_embedding(photo, faces[0].landmarks5), atol=1e-4)
     assert embedder.distance(emb[0], emb[0]) == pytest.approx(0.0, abs=1e-9)
-    assert embedder.embed(photo, []).shape == (0, EMB_DIM)
+    assert embedder.embed_faces(photo, []).shape == (0, EMB_DIM)
 
 
 def test_embedder_batches_and_distances(embedder, photo):
     other = np.asarray(Image.open(os.path.join(PHOTO_B, sorted(os.listdir(PHOTO_B))[0])).convert("RGB"))
     _, lm = expected(250, 250)
     shapes = [lm, lm + [3.0, -2.0]]
-    ea = embedder.embed_shapes(photo, shapes)
-    eb = embedder.embed_shapes(other, shapes[:1])
+    ea = embedder.embed(photo, shapes)
+    eb = embedder.embed(other, shapes[:1])
     assert ea.shape == (2, EMB_DIM)
     for i, s in enumerate(shapes):
         np.testing.assert_allclose(ea[i], _expected_embedding(photo, s), atol=1e-4)
@@ -449,10 +449,10 @@ def test_embedder_landmark_layouts(embedder, photo):
     pts68[30], pts68[48], pts68[54] = lm[2], lm[3], lm[4]
     np.testing.assert_allclose(arcface5_from_68(pts68), lm)
     from68 = Face(box=(50, 50, 200, 200), score=1.0, landmarks5=np.zeros((5, 2)), landmark_layout="dlib5", landmarks68=pts68)
-    np.testing.assert_allclose(embedder.embed(photo, [from68])[0], _expected_embedding(photo, lm), atol=1e-4)
+    np.testing.assert_allclose(embedder.embed_faces(photo, [from68])[0], _expected_embedding(photo, lm), atol=1e-4)
     dlib_only = Face(box=(50, 50, 200, 200), score=1.0, landmarks5=np.zeros((5, 2)), landmark_layout="dlib5")
     with pytest.raises(ValueError, match="arcface5 or 68-point"):
-        embedder.embed(photo, [dlib_only])
+        embedder.embed_faces(photo, [dlib_only])
 
 
 def test_embedder_needs_recognition_model(pack, tmp_path):

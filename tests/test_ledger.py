@@ -152,7 +152,7 @@ def test_wal_mode_and_durable_settings(ledger: Ledger, db: Path):
 def test_gaussian_charges_are_reported_at_max_delta(db: Path):
     from deid.privacy.mechanisms import calibrate_gaussian
 
-    g = Charge.from_calibrated(calibrate_gaussian(2.0, 1e-5, 1.0, 8))  # discrete Gaussian, OpenDP-certified
+    g = Charge.of(calibrate_gaussian(2.0, 1e-5, 1.0, 8))  # discrete Gaussian, OpenDP-certified
     with Ledger.open(db, max_epsilon=5.0, max_delta=1e-5) as led:
         r = led.reserve("run1", "rec", [(ALICE, lap(1.0)), (ALICE, g)])
         assert r.ok

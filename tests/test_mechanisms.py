@@ -406,11 +406,14 @@ def test_calibration_rejects_bad_parameters():
 
 
 def test_dp_events_for_the_accountant():
+    from deid.privacy.accountant import Charge
+
     lap = M.calibrate_laplace(0.5, 2.0, 8)
-    ev = lap.dp_event()
+    assert Charge.of(lap) == Charge.of(lap.release())
+    ev = Charge.of(lap.release()).dp_event()
     assert isinstance(ev, dp_accounting.LaplaceDpEvent) and ev.noise_multiplier >= 2.0
     gau = M.calibrate_gaussian(1.0, 1e-6, 2.0, 8)
-    ev = gau.dp_event()
+    ev = Charge.of(gau.release()).dp_event()
     # charged as what is proved for the discrete Gaussian: rho-zCDP, not the continuous PLD
     assert isinstance(ev, dp_accounting.ZCDpEvent) and ev.xi == 0.0
     assert ev.rho >= gau.opendp_privacy

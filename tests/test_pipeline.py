@@ -219,9 +219,9 @@ def test_cli_run_prints_summary(tmp_path):
 
 def test_a_run_that_stops_early_still_gives_every_input_a_row(photos, tmp_path):
     """If the engine dies mid-run, the records it never answered for get `lost` rows."""
-    from deid.pipeline import run as run_mod
+    from deid.pipeline import engine as run_mod
 
-    real = run_mod._inline_results
+    real = run_mod.inline_results
 
     def dies_after_first_batch(*args):
         gen = real(*args)
@@ -229,11 +229,11 @@ def test_a_run_that_stops_early_still_gives_every_input_a_row(photos, tmp_path):
         raise RuntimeError("worker node lost\nlong traceback here")
 
     m = manifest_from_dict(base_manifest(photos, tmp_path, checks={"enabled": False}))
-    run_mod._inline_results = dies_after_first_batch
+    run_mod.inline_results = dies_after_first_batch
     try:
         res = run_job(m, engine="inline", progress=False)
     finally:
-        run_mod._inline_results = real
+        run_mod.inline_results = real
     df = pd.read_parquet(res.records_uri)
     n = len(list(photos.rglob("*.jpg")))
     assert len(df) == n and df.record_id.is_unique

@@ -7,18 +7,51 @@ setting behaves the same on small and large faces.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import cv2
 import numpy as np
+from pydantic import Field
 
-from deid.anonymize.base import FaceFacts
-from deid.anonymize.params import BlurParams, MaskParams, PixelateParams
-from deid.anonymize.region import alpha_mask, blend, region_for
+from deid.anonymize.region import RegionParams, alpha_mask, blend, region_for
+from deid.anonymize.registry import METHODS
 from deid.faces.types import Face
+from deid.facts import FaceFacts
+from deid.plugins import Licence, Plugin
+
+Channel = Annotated[int, Field(ge=0, le=255)]
+
+
+class BlurParams(RegionParams):
+    """Gaussian blur; ``strength`` is the kernel sigma as a fraction of the face size.
+
+    The face size is the geometric mean of the detector box width and height, so the
+    same setting hides a 40 px face and a 400 px face equally.
+    """
+
+    # Default by measurement (bench/sweep_defaults.py on lfw-public-ref, docs/benchmarks.md):
+    # the weakest strength whose pass rate at the check threshold reaches the solid-mask ceiling.
+    strength: float = Field(0.2, gt=0.0, le=2.0, description="sigma / face size")
+
+
+class PixelateParams(RegionParams):
+    """Pixelation into ``blocks`` x ``blocks`` cells across the grown face region."""
+
+    blocks: int = Field(8, ge=1, le=256, description="cells across the grown face region")
+
+
+class MaskParams(RegionParams):
+    """Solid fill of the grown face region."""
+
+    shape: Literal["ellipse", "box"] = Field("box", description="ellipse (inscribed in the grown box) or box")
+    feather: float = Field(0.0, ge=0.0, le=1.0, description="soft edge outside the region, fraction of face size")
+    color: tuple[Channel, Channel, Channel] = Field((0, 0, 0), description="RGB fill colour")
 
 
 class _Classical:
     name = ""
     dp_scope = "none"
+    release = None
     params_model = BlurParams
 
     def __init__(self, params: dict | None = None):
@@ -90,3 +123,13 @@ class Mask(_Classical):
 
     def _edit(self, window, face, reg):
         return np.broadcast_to(np.array(self.params.color, dtype=np.uint8), window.shape)
+
+
+_CODE = Licence(code="Apache-2.0 (deid)")
+for _name, _cls, _summary in (
+    ("blur", Blur, "Gaussian blur of the grown face region, sigma relative to the face size; not DP"),
+    ("pixelate", Pixelate, "pixelation into blocks x blocks cells across the grown face region; not DP"),
+    ("mask", Mask, "solid fill of the grown face region; not DP"),
+):
+    METHODS.register(Plugin(kind="method", name=_name, params=_cls.params_model, factory=_cls, summary=_summary,
+                            licence=_CODE, module=__name__))

@@ -21,15 +21,62 @@ It is not differentially private.
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deid.anonymize.base import FaceFacts
-from deid.anonymize.params import DeepBlurParams, DPImageParams
+from deid.anonymize.registry import METHODS
 from deid.faces.align import align
 from deid.faces.types import Face
+from deid.facts import FaceFacts
 from deid.latent import LatentModel, load_latent_model, paste_back
+from deid.plugins import Licence, Needs, Plugin
+
+
+class _LatentParams(BaseModel):
+    """Shared by the latent-space methods: the face is aligned to the latent model's crop,
+    edited in the latent space, decoded and pasted back through the model's soft face oval
+    (``feather`` is that oval's soft edge, as a fraction of the crop size)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feather: float = Field(0.06, ge=0.0, le=0.5, description="soft edge of the face oval, fraction of the crop")
+
+
+class DPImageParams(_LatentParams):
+    """DP-Image: clip the latent to public bounds, add calibrated noise, project onto the
+    public prior (post-processing), decode."""
+
+    # Defaults by measurement on lfw-dev (docs/privacy.md): under the built-in model's public
+    # bounds every epsilon <= 30 already yields the public average face, so the strongest
+    # guarantee costs nothing visible; noising the leading 32 components matches all 128.
+    epsilon: float = Field(1.0, gt=0.0, le=1e6, description="per-face privacy budget of one release")
+    delta: float = Field(0.0, ge=0.0, lt=1.0, description="gaussian only: the delta of (epsilon, delta)-DP")
+    mechanism: Literal["laplace", "gaussian"] = "laplace"
+    noise_dims: int | None = Field(
+        32, ge=1, description="noise only the first k latent dimensions; the rest are replaced by public means (still DP); null: all"
+    )
+    post: Literal["posterior-mean", "posterior-sample", "none"] = Field(
+        "posterior-mean", description="post-processing of the noisy latent onto the public prior (free under DP)"
+    )
+    test_seed: int | None = Field(
+        None, description="TEST MODE ONLY: deterministic, non-DP noise; marked in the audit (dp_test_mode)"
+    )
+
+    @model_validator(mode="after")
+    def _delta_fits_mechanism(self) -> "DPImageParams":
+        if self.mechanism == "gaussian" and self.delta <= 0:
+            raise ValueError("delta must be > 0 for the gaussian mechanism")
+        if self.mechanism == "laplace" and self.delta != 0:
+            raise ValueError("delta must be 0 for the laplace mechanism (pure epsilon-DP)")
+        return self
+
+
+class DeepBlurParams(_LatentParams):
+    """DeepBlur: Gaussian low-pass of the (standardised) latent along its layout. Not DP."""
+
+    sigma: float = Field(4.0, gt=0.0, le=1e6, description="width of the low-pass, in latent dimensions")
 
 #: grid points per dimension for the exact posterior over the (bounded) public prior
 _GRID = 257
@@ -38,6 +85,7 @@ _GRID = 257
 class _LatentMethod:
     name = ""
     dp_scope = "none"
+    release = None
     params_model = DeepBlurParams
 
     def __init__(self, params: dict | None = None, model: LatentModel | dict | str | None = None):
@@ -84,10 +132,12 @@ class DeepBlur(_LatentMethod):
     params_model = DeepBlurParams
 
     def edit(self, z: np.ndarray, rng=None):
+        from scipy.ndimage import gaussian_filter1d
+
         m = self.model
         u = (z - m.mean) / m.std
         u = gaussian_filter1d(u, sigma=self.params.sigma, axis=1, mode="constant", cval=0.0, truncate=4.0)
-        return m.mean + m.std * u, [FaceFacts(method=self.name, dp_scope="none") for _ in range(len(z))]
+        return m.mean + m.std * u, [FaceFacts(method=self.name, scope="none") for _ in range(len(z))]
 
 
 class DPImage(_LatentMethod):
@@ -109,19 +159,16 @@ class DPImage(_LatentMethod):
                                          noise_dims=dims, public_values=m.mean)
         self.dp_scope = self.mechanism.dp_scope
         self.calibrated = self.mechanism.calibrated
+        self.release = self.calibrated.release()  # what each face costs, known before any draw
         self._noise_mask = self.mechanism.mask
         # the public prior of each dimension, truncated to the bounds, on a grid
         t = np.linspace(0.0, 1.0, _GRID)
         self._grid = m.lower[:, None] + (m.upper - m.lower)[:, None] * t[None, :]
         self._log_prior = -0.5 * ((self._grid - m.mean[:, None]) / m.std[:, None]) ** 2
 
-    def charge(self):
-        """The accountant's view of one face's release (known before any noise is drawn)."""
-        from deid.privacy.accountant import Charge
-
-        c = self.calibrated
-        return Charge(mechanism=c.mechanism, epsilon=c.epsilon, delta=c.delta, sensitivity=c.sensitivity,
-                      noise_scale=c.noise_scale)
+    def facts(self, test_mode: bool = False, scope: str | None = None) -> FaceFacts:
+        """One face's facts: this method's release (the same object the ledger is charged from)."""
+        return FaceFacts(method=self.name, scope=scope or self.dp_scope, dp=self.release, test_mode=test_mode)
 
     def posterior(self, y: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """Post-process one noisy code ``y`` onto the public prior (no privacy cost)."""
@@ -158,8 +205,23 @@ class DPImage(_LatentMethod):
                 hashlib.sha256(np.float64(seed).tobytes() + np.ascontiguousarray(zi).tobytes()).digest()[:8], "big")
             noised = self.mechanism(zi, test_seed=face_seed)
             out.append(self.posterior(np.asarray(noised.z), rng))
-            c = noised.calibrated
-            facts.append(FaceFacts(method=self.name, mechanism=c.mechanism, epsilon=c.epsilon, delta=c.delta,
-                                   sensitivity=c.sensitivity, noise_scale=c.noise_scale, dp_scope=noised.dp_scope,
-                                   test_mode=noised.test_mode))
+            facts.append(self.facts(test_mode=noised.test_mode, scope=noised.dp_scope))
         return np.stack(out), facts
+
+
+def _latent_method(cls):
+    return lambda params, latent=None: cls(params, latent)
+
+
+METHODS.register(Plugin(
+    kind="method", name="deepblur", params=DeepBlurParams, factory=_latent_method(DeepBlur),
+    summary="DeepBlur (papers/deepblur.txt): Gaussian low-pass of the face's latent code, decoded and pasted "
+            "through the face oval; not DP",
+    licence=Licence(code="Apache-2.0 (deid)"), needs=Needs(latent="any"), module=__name__,
+))
+METHODS.register(Plugin(
+    kind="method", name="dp-image", params=DPImageParams, factory=_latent_method(DPImage),
+    summary="DP-Image (papers/dp-image.txt): latent clipped to public bounds, calibrated Laplace/Gaussian noise "
+            "(OpenDP sampler), projected onto the public prior, decoded; every face charged to the ledger",
+    licence=Licence(code="Apache-2.0 (deid)"), needs=Needs(latent="any", dp=True), module=__name__,
+))

@@ -2,16 +2,38 @@
 
 All work happens inside a window around the face, so a small face in a 48 MP photo
 costs what the face costs, not what the photo costs.
+
+Region geometry shared by the classical methods (:class:`RegionParams`):
+
+* ``margin``: the detector box is grown by this fraction of its size on every side
+  before the method is applied (HOG boxes cut the forehead and the chin).
+* ``feather``: width of the soft edge *outside* the grown region, as a fraction of the
+  face size. Inside the grown region the method is applied at full strength, so the
+  feathering never weakens the face itself.
+* ``shape``: ``ellipse`` (inscribed in the grown box) or ``box``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from deid.faces.types import Face
+
+
+class RegionParams(BaseModel):
+    """Params of a method applied to the grown face region. Unknown keys are errors, so a typo
+    in a manifest ("sigmaa: 3") fails validation instead of silently using a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    margin: float = Field(0.25, ge=0.0, le=2.0, description="grow the face box by this fraction per side")
+    feather: float = Field(0.1, ge=0.0, le=1.0, description="soft edge outside the region, fraction of face size")
+    shape: Literal["ellipse", "box"] = Field("ellipse", description="ellipse (inscribed in the grown box) or box")
 
 
 @dataclass(frozen=True)

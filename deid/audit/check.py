@@ -36,9 +36,9 @@ class IdentityChecker:
     def check(self, original: np.ndarray, anonymized: np.ndarray, faces: list[Face]) -> list[FaceCheck]:
         if not faces:
             return []
-        shapes = self.embedder.shapes(original, faces)
-        before = self.embedder.embed_shapes(original, shapes)
-        after = self.embedder.embed_shapes(anonymized, shapes)
+        located = self.embedder.locate(original, faces)  # once, on the original
+        before = self.embedder.embed(original, located)
+        after = self.embedder.embed(anonymized, located)
         dist = self.embedder.distance(before, after)
         out = []
         for face, d in zip(faces, dist):

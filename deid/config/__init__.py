@@ -4,11 +4,12 @@ from deid.config.schema import (
     AnonymizeConfig,
     AuditConfig,
     ChecksConfig,
-    DetectConfig,
     InputConfig,
     Manifest,
     OutputConfig,
     RunConfig,
+    detect_section,
+    latent_section,
 )
 from deid.config.load import ManifestError, load_manifest, manifest_from_dict
 
@@ -16,12 +17,13 @@ __all__ = [
     "AnonymizeConfig",
     "AuditConfig",
     "ChecksConfig",
-    "DetectConfig",
     "InputConfig",
     "Manifest",
     "ManifestError",
     "OutputConfig",
     "RunConfig",
+    "detect_section",
+    "latent_section",
     "load_manifest",
     "manifest_from_dict",
 ]

@@ -15,7 +15,6 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from deid.anonymize.params import PARAMS_BY_METHOD
 from deid.config.schema import Manifest
 
 
@@ -34,7 +33,7 @@ def _fmt_loc(loc: tuple) -> str:
 def _fmt_msg(err: dict) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        return "unknown key (not a manifest field; check the spelling against docs/manifest.md)"
+        return "unknown key (not a manifest field; check the spelling against docs/manifest.md and `deid plugins`)"
     if err["type"] == "missing":
         return "required field is missing"
     return msg.removeprefix("Value error, ")
@@ -43,14 +42,27 @@ def _fmt_msg(err: dict) -> str:
 #: manifest fields that hold local-or-remote locations, resolved against the manifest folder
 _PATH_FIELDS = (
     ("input", "uri"), ("input", "subjects"), ("output", "uri"), ("output", "quarantine_uri"),
-    ("output", "naming_key_file"), ("audit", "uri"), ("detect", "model_path"), ("detect", "model_dir"),
-    ("latent", "uri"), ("latent", "encoder"), ("latent", "decoder"), ("latent", "bounds"),
-    ("privacy", "ledger"), ("privacy", "subject_key_file"),
+    ("output", "naming_key_file"), ("audit", "uri"), ("privacy", "ledger"), ("privacy", "subject_key_file"),
 )
 
 
+def _plugin_path_fields(data: dict) -> list[tuple[str, str]]:
+    """The location fields of the plug-ins the manifest names (their params' path_field s)."""
+    from deid.faces.registry import DEFAULT_DETECTOR, DETECTORS
+    from deid.latent.registry import DEFAULT_BACKEND, LATENT_MODELS
+    from deid.plugins import path_fields
+
+    out = []
+    for section, registry, default in (("detect", DETECTORS, DEFAULT_DETECTOR), ("latent", LATENT_MODELS, DEFAULT_BACKEND)):
+        sec = data.get(section)
+        name = sec.get("backend", default) if isinstance(sec, dict) else None
+        if isinstance(name, str) and name in registry:
+            out += [(section, f) for f in path_fields(registry.get(name).params)]
+    return out
+
+
 def _resolve_paths(data: dict, base: Path) -> None:
-    for section, key in _PATH_FIELDS:
+    for section, key in _PATH_FIELDS + tuple(_plugin_path_fields(data)):
         sec = data.get(section)
         if not isinstance(sec, dict):
             continue
@@ -65,30 +77,10 @@ def manifest_from_dict(data: Any, source: str = "<manifest>", base_dir: Path | N
         raise ManifestError(source, [("<root>", "a manifest is a mapping of sections (input, output, ...)")])
     if base_dir is not None:
         _resolve_paths(data, base_dir)
-    errors: list[tuple[str, str]] = []
-    # anonymize.params is validated per method; report its errors with full paths.
-    anon = data.get("anonymize")
-    params_checked = False
-    if isinstance(anon, dict) and isinstance(anon.get("params", {}), dict):
-        model = PARAMS_BY_METHOD.get(anon.get("method", "blur"))
-        if model is not None:
-            params_checked = True
-            try:
-                model.model_validate(anon.get("params") or {})
-            except ValidationError as exc:
-                errors += [(f"anonymize.params.{_fmt_loc(e['loc'])}", _fmt_msg(e)) for e in exc.errors()]
     try:
-        manifest = Manifest.model_validate(data)
+        return Manifest.model_validate(data)
     except ValidationError as exc:
-        for e in exc.errors():
-            path = _fmt_loc(e["loc"])
-            if params_checked and path == "anonymize" and "params." in e["msg"]:
-                continue  # already reported field by field above
-            errors.append((path, _fmt_msg(e)))
-        raise ManifestError(source, errors) from None
-    if errors:
-        raise ManifestError(source, errors)
-    return manifest
+        raise ManifestError(source, [(_fmt_loc(e["loc"]), _fmt_msg(e)) for e in exc.errors()]) from None
 
 
 def load_manifest(path: str | os.PathLike) -> Manifest:

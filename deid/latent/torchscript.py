@@ -35,11 +35,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
+from pydantic import Field
 
 from deid.latent.base import LatentModel, read_uri
+from deid.latent.registry import LATENT_MODELS, LatentParams
+from deid.plugins import Licence, Needs, Plugin, path_field
 
 Z995 = 2.5758293035489004  # standard normal 99.5% quantile
 VALUE_RANGES = ("0,1", "-1,1")
@@ -203,3 +206,30 @@ class TorchScriptLatentModel(LatentModel):
                 t = torch.from_numpy(z[a:a + self.batch_size].astype(np.float32)).to(self.device)
                 out.append(self.from_tensor(self._dec(t)))
         return np.concatenate(out)
+
+
+class TorchScriptParams(LatentParams):
+    encoder: str = path_field(..., description="encoder file URI (TorchScript)")
+    decoder: str = path_field(..., description="decoder file URI (TorchScript)")
+    bounds: str | dict[str, Any] = path_field(..., description="public bounds/statistics file URI (.npz)")
+    crop_size: int = Field(..., ge=4, description="aligned crop size")
+    value_range: Literal["0,1", "-1,1"] = Field("0,1", description="pixel range the networks expect")
+    layout: str = Field("dlib5", description="landmark layout the crops are aligned on")
+    align_scale: float = Field(1.0, gt=0.0, description="alignment scale of the crop")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    batch_size: int = Field(32, ge=1, description="faces per forward pass")
+    name: str | None = Field(None, description="name in the audit's model fingerprints (default: torchscript)")
+    probe: bool = Field(True, description="check the files against the bounds at load (one encode/decode)")
+
+
+LATENT_MODELS.register(Plugin(
+    kind="latent", name="torchscript", params=TorchScriptParams,
+    summary="your TorchScript encoder and decoder files, with public bounds; CPU or CUDA",
+    factory=lambda p: TorchScriptLatentModel(
+        p.encoder, p.decoder, p.bounds, p.crop_size, value_range=p.value_range, layout=p.layout,
+        align_scale=p.align_scale, device=p.device, batch_size=p.batch_size, name=p.name, probe=p.probe,
+        storage_options=p.storage_options),
+    licence=Licence(code="Apache-2.0 (deid)", weights="your files: state their licence in your model card"),
+    needs=Needs(gpu=True),
+    module=__name__,
+))

@@ -1,16 +1,21 @@
-"""The fused per-record stage: read -> decode -> detect -> anonymize -> check -> write.
+"""The fused per-record stage: read -> decode -> detect -> reserve -> anonymize -> check -> decide -> write.
 
 :class:`ProcessRecords` is a Ray Data callable class (models load once, in ``__init__``)
-and also a plain callable: the Ray pipeline, the benchmark's in-process loop and the
-tests all run this same code. Input batch columns: ``record_id, uri, rel_path,
-output_stem``. Output: one audit row per input row (``deid.audit.schema``), keyed by
-``record_id``; no exception escapes for a bad record.
+and also a plain callable: the Ray pipeline, the in-process engine and the tests all run
+this same code. Input batch columns: ``record_id, uri, output_stem`` (``subject_key`` for DP
+methods, ``stale`` on resume). Output: one audit row per input row (``deid.audit.schema``),
+keyed by ``record_id``; no exception escapes for a bad record.
+
+:meth:`ProcessRecords.run_record` reads top to bottom in the record's order; each step is a
+small method that fills the record's row and returns what the next step needs, or ``None``
+when the record's row is final (a bad file, a withheld or adopted DP record). The release
+decision is :func:`deid.audit.policy.decide`; rows and face entries come from
+:mod:`deid.audit.rows`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
+import contextlib
 import functools
 import json
 import time
@@ -21,46 +26,52 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from deid import __version__
-from deid.anonymize import DP_METHODS, make_anonymizer
+from deid.anonymize import is_dp, make_anonymizer
 from deid.audit.check import IdentityChecker
+from deid.audit.policy import Decision, decide
+from deid.audit.rows import RunContext, face_row, now, record_row
 from deid.audit.schema import AUDIT_SCHEMA
 from deid.config.schema import Manifest
 from deid.faces import make_detector
+from deid.facts import FaceFacts
 from deid.io.decode import DecodeError, decode_image, read_input, sha256_hex
 from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, resolve_format
 from deid.privacy.service import call
 
-
-@dataclass
-class RunContext:
-    """What every actor needs to know about the run, besides the manifest."""
-
-    run_id: str
-    config_sha256: str
-    naming_key_id: str
-    job_sha256: str | None = None
-    model_fingerprints: list[dict] = field(default_factory=list)
-
-
-def _face_row(face, fact, chk, spent_after) -> dict:
-    return {
-        "box": list(face.box),
-        "det_score": face.score,
-        "id_distance": None if chk is None else chk.id_distance,
-        "still_detected": None if chk is None else chk.still_detected,
-        "passed": None if chk is None else chk.passed,
-        "epsilon": None if fact is None else fact.epsilon,
-        "delta": None if fact is None else fact.delta,
-        "mechanism": None if fact is None else fact.mechanism,
-        "sensitivity": None if fact is None else fact.sensitivity,
-        "noise_scale": None if fact is None else fact.noise_scale,
-        "subject_spent_after": spent_after,
-    }
+__all__ = ["ProcessRecords", "RunContext"]
 
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+@dataclass
+class Record:
+    """One record on its way through the stage: its row and what its steps left for later."""
+
+    row: dict
+    output_stem: str
+    subject_key: str | None = None
+    stale: list[str] | None = None
+    token: str | None = None        # an open budget reservation: committed whatever happens next
+    written: dict | None = None     # what was written, for the budget service (a retry may adopt it)
+    scheduled: bool = False         # its write runs in the batch's I/O pool
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return self.row["input_uri"]
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = _ms(t)
+
+    def fail(self, code: str, message: str) -> None:
+        self.row.update(status="failed", error_code=code, error=message)
 
 
 class ProcessRecords:
@@ -68,12 +79,11 @@ class ProcessRecords:
         self.m = Manifest.model_validate(manifest)
         self.ctx = RunContext(**ctx)
         self.detector = make_detector(self.m.detect)
-        self.anonymizer = make_anonymizer(self.m.anonymize.method, self.m.anonymize.params, self.m.latent.spec())
-        self.dp = self.m.anonymize.method in DP_METHODS
+        self.anonymizer = make_anonymizer(self.m.anonymize.method, self.m.anonymize.params, self.m.latent)
+        self.dp = is_dp(self.m.anonymize.method)
         if self.dp and budget is None:
             raise ValueError(f"method {self.m.anonymize.method} needs the budget service")
         self.budget = budget
-        self.charge = dataclasses.asdict(self.anonymizer.charge()) if self.dp else None
         self.checker = None
         if self.m.checks.enabled:
             from deid.faces.dlib_backend import DlibEmbedder
@@ -125,7 +135,7 @@ class ProcessRecords:
         def read(uri):
             try:
                 return read_input(uri, self.in_opts)
-            except Exception as exc:  # noqa: BLE001 - reported per record by _process
+            except Exception as exc:  # noqa: BLE001 - reported per record by read()
                 return exc
 
         if len(uris) <= 1 or self.read_threads <= 1:
@@ -135,11 +145,168 @@ class ProcessRecords:
         with ThreadPoolExecutor(max_workers=min(self.read_threads, len(uris))) as pool:
             return list(pool.map(read, uris))
 
-    def _clear_stale(self, row: dict, stale: list[str] | None) -> None:
+    # ------------------------------------------------------------------ one record
+    def process_one(self, record_id: str, uri: str, output_stem: str, subject_key: str | None = None,
+                    stale: list[str] | None = None, data=None) -> dict:
+        row = record_row(self.ctx, record_id, uri, method=self.anonymizer.name, params_json=self.params_json,
+                         dp_scope=self.anonymizer.dp_scope)
+        rec = Record(row=row, output_stem=output_stem, subject_key=subject_key, stale=stale)
+        row["timings"] = rec.timings
+        try:
+            self.run_record(rec, data)
+            if stale and not rec.scheduled:  # else the deferred write clears them after writing
+                self._clear_stale(rec)
+        except Exception as exc:  # noqa: BLE001 - a record never takes the batch down
+            tb = traceback.extract_tb(exc.__traceback__)
+            where = f" at {tb[-1].name}" if tb else ""
+            rec.fail("internal_error", f"{uri}: unexpected {type(exc).__name__}{where}: {exc}")
+            row["output_uri"] = row["output_sha256"] = None
+        finally:
+            if rec.token is not None:  # noise was drawn: the charge stands, whatever happened next
+                call(self.budget, "commit", rec.token, rec.written)
+                rec.token = None
+        row["processed_at"] = now()
+        return row
+
+    def run_record(self, rec: Record, data=None) -> None:
+        """The record's way through the stage, in order."""
+        data = self.read(rec, data)
+        if data is None:
+            return
+        img = self.decode(rec, data)
+        if img is None:
+            return
+        faces = self.detect(rec, img.rgb)
+        spent = self.reserve(rec, img, faces)
+        if spent is None:
+            return
+        out, facts = self.anonymize(rec, img.rgb, faces)
+        checks = self.check(rec, img.rgb, out, faces)
+        self.record_faces(rec, faces, facts, checks, spent)
+        decision = decide(self.m.checks, len(faces), facts, checks, rec.uri)
+        self.write(rec, decision, out, img.source_format)
+
+    # ------------------------------------------------------------------ the steps
+    def read(self, rec: Record, data=None):
+        """The input's bytes (usually read for the whole batch by ``_read_all``: ``data`` is
+        then the bytes or the read's exception); None when it cannot be read."""
+        with rec.timed("read_ms"):
+            try:
+                if data is None:
+                    data = read_input(rec.uri, self.in_opts)  # read_error / not_a_file (FIFO, device)
+                elif isinstance(data, BaseException):
+                    raise data
+            except DecodeError as exc:
+                rec.fail(exc.code, exc.message)
+                return None
+        return data
+
+    def decode(self, rec: Record, data: bytes):
+        """The decoded image (pixel cap, EXIF orientation, RGB); None when it is not one."""
+        with rec.timed("decode_ms"):
+            try:
+                img = decode_image(data, max_pixels=self.m.run.max_pixels, name=rec.uri)
+            except DecodeError as exc:
+                rec.row["input_sha256"] = sha256_hex(data)
+                rec.fail(exc.code, exc.message)
+                return None
+        rgb = img.rgb
+        rec.row.update(input_sha256=img.sha256, height=int(rgb.shape[0]), width=int(rgb.shape[1]),
+                       source_format=img.source_format, frames=img.frames)
+        return img
+
+    def detect(self, rec: Record, rgb: np.ndarray) -> list:
+        with rec.timed("detect_ms"):
+            faces = self.detector.detect(rgb)
+        rec.row["n_faces"] = len(faces)
+        return faces
+
+    def reserve(self, rec: Record, img, faces: list) -> list | None:
+        """Reserve every face's charge before any noise is drawn (DP methods; others spend
+        nothing). Returns each face's subject spend after this release; None when the record
+        is final: withheld (``budget_exhausted``), or a retried record whose earlier output
+        was adopted."""
+        if not self.dp or not faces:
+            return [None] * len(faces)
+        args = (self.ctx.run_id, rec.row["record_id"], rec.subject_key, img.sha256, [f.box for f in faces],
+                self.anonymizer.release)
+        res = call(self.budget, "reserve", *args)
+        if res.get("adopt"):
+            if self._adopt(rec, img.rgb, faces, res):
+                return None
+            res = call(self.budget, "reserve", *args, False)  # the earlier output is gone or differs
+        if not res["ok"]:
+            rec.row.update(status="budget_exhausted", error=f"{rec.uri}: {res['reason']}; not processed, nothing charged",
+                           faces=[face_row(f) for f in faces])
+            return None
+        rec.token = res["token"]  # from here on the draw is charged
+        return res["spent_after"]
+
+    def anonymize(self, rec: Record, rgb: np.ndarray, faces: list) -> tuple[np.ndarray, list[FaceFacts]]:
+        with rec.timed("anonymize_ms"):
+            out, facts = self.anonymizer(rgb, faces, self.rng) if faces else (rgb, [])
+        rec.row.update(FaceFacts.record_fields(facts, self.anonymizer.dp_scope, self.dp))
+        return out, facts
+
+    def check(self, rec: Record, rgb: np.ndarray, out: np.ndarray, faces: list) -> list:
+        with rec.timed("check_ms"):
+            return self.checker.check(rgb, out, faces) if (self.checker and faces) else [None] * len(faces)
+
+    def record_faces(self, rec: Record, faces: list, facts: list, checks: list, spent: list) -> None:
+        rec.row["faces"] = [face_row(*entry) for entry in zip(faces, facts, checks, spent)]
+        dists = [c.id_distance for c in checks if c is not None]
+        rec.row["min_id_distance"] = min(dists) if dists else None
+
+    def write(self, rec: Record, decision: Decision, out: np.ndarray, source_format: str | None) -> None:
+        """Encode (metadata stripped) and write atomically to the release or the quarantine;
+        a dropped record writes nothing. Non-DP writes go to the batch's I/O pool."""
+        if decision.reason:
+            rec.row["error"] = decision.reason
+        if decision.status == "dropped":
+            rec.row["status"] = "dropped"
+            return
+        t = time.perf_counter()
+        fmt = resolve_format(self.m.output.format, source_format)
+        blob = encode_clean(out, fmt, self.m.output.quality)
+        fs, root = (self.q_fs, self.q_root) if decision.status == "quarantined" else (self.out_fs, self.out_root)
+        path = f"{root.rstrip('/')}/{rec.output_stem}{FORMATS[fmt][1]}"
+        if self._deferred is not None:
+            rec.scheduled = True
+            self._deferred.append(functools.partial(self._deferred_write, rec, fs, path, blob, decision.status, _ms(t)))
+            return
+        self._write(rec, fs, path, blob, decision.status, _ms(t))
+
+    # ------------------------------------------------------------------ writing
+    def _write(self, rec: Record, fs, path: str, blob: bytes, status: str, encode_ms: float) -> None:
+        t = time.perf_counter()
+        try:
+            atomic_write(fs, path, blob)
+        except OSError as exc:
+            rec.timings["write_ms"] = round(encode_ms + _ms(t), 3)
+            return rec.fail("write_error", f"{rec.uri}: cannot write output {display_uri(fs, path)} ({exc})")
+        rec.timings["write_ms"] = round(encode_ms + _ms(t), 3)
+        row = rec.row
+        row.update(status=status, output_uri=display_uri(fs, path), output_sha256=sha256_hex(blob))
+        rec.written = {"status": status, "output_uri": row["output_uri"], "output_sha256": row["output_sha256"],
+                       "dp_test_mode": row["dp_test_mode"]}
+
+    def _deferred_write(self, rec: Record, fs, path: str, blob: bytes, status: str, encode_ms: float) -> None:
+        """A write scheduled by :meth:`write` (in the batch's I/O pool): the row gets its final
+        status here, and nothing escapes, as in :meth:`process_one`."""
+        try:
+            self._write(rec, fs, path, blob, status, encode_ms)
+            if rec.stale:
+                self._clear_stale(rec)
+        except Exception as exc:  # noqa: BLE001 - a record never takes the batch down
+            rec.row.update(output_uri=None, output_sha256=None)
+            rec.fail("internal_error", f"{rec.uri}: unexpected {type(exc).__name__} at write: {exc}")
+        rec.row["processed_at"] = now()
+
+    def _clear_stale(self, rec: Record) -> None:
         """Remove outputs an interrupted earlier attempt left under this record's name,
         except the one this attempt wrote (deid.pipeline.resume)."""
-        for uri in stale or ():
-            if uri == row["output_uri"]:
+        for uri in rec.stale or ():
+            if uri == rec.row["output_uri"]:
                 continue
             try:
                 fs, path = fsspec.core.url_to_fs(uri, **self.m.output.storage_options)
@@ -147,201 +314,7 @@ class ProcessRecords:
             except FileNotFoundError:
                 pass
 
-    # ------------------------------------------------------------------ one record
-    def _row(self, record_id: str, uri: str) -> dict:
-        return {
-            "run_id": self.ctx.run_id,
-            "record_id": record_id,
-            "input_uri": uri,
-            "input_sha256": None,
-            "status": "failed",
-            "error_code": None,
-            "error": None,
-            "output_uri": None,
-            "output_sha256": None,
-            "width": None,
-            "height": None,
-            "source_format": None,
-            "frames": None,
-            "n_faces": None,
-            "faces": None,
-            "method": self.anonymizer.name,
-            "params_json": self.params_json,
-            "dp_scope": self.anonymizer.dp_scope,
-            "dp_test_mode": None,
-            "min_id_distance": None,
-            "timings": {},
-            "processed_at": None,
-            "tool_version": __version__,
-            "config_sha256": self.ctx.config_sha256,
-            "job_sha256": self.ctx.job_sha256,
-            "resumed_from": None,
-            "naming_key_id": self.ctx.naming_key_id,
-            "model_fingerprints": self.ctx.model_fingerprints,
-        }
-
-    def process_one(self, record_id: str, uri: str, output_stem: str, subject_key: str | None = None,
-                    stale: list[str] | None = None, data=None) -> dict:
-        row = self._row(record_id, uri)
-        timings = row["timings"]
-        self._token = None
-        self._written = None
-        self._scheduled = False
-        try:
-            self._process(row, timings, uri, output_stem, subject_key, data, stale)
-            if stale and not self._scheduled:  # else the deferred write clears them after writing
-                self._clear_stale(row, stale)
-        except Exception as exc:  # noqa: BLE001 - a record never takes the batch down
-            row["status"] = "failed"
-            row["error_code"] = "internal_error"
-            tb = traceback.extract_tb(exc.__traceback__)
-            where = f" at {tb[-1].name}" if tb else ""
-            row["error"] = f"{uri}: unexpected {type(exc).__name__}{where}: {exc}"
-            row["output_uri"] = row["output_sha256"] = None
-        finally:
-            if self._token is not None:  # noise was drawn: the charge stands, whatever happened next
-                call(self.budget, "commit", self._token, self._written)
-                self._token = None
-        row["processed_at"] = _dt.datetime.now(_dt.timezone.utc)
-        return row
-
-    def _fail(self, row: dict, code: str, message: str) -> None:
-        row["status"] = "failed"
-        row["error_code"] = code
-        row["error"] = message
-
-    def _process(self, row: dict, timings: dict, uri: str, output_stem: str, subject_key: str | None,
-                 data=None, stale: list[str] | None = None) -> None:
-        # read (usually done for the whole batch by _read_all; data is then bytes or the read's exception)
-        t = time.perf_counter()
-        try:
-            if data is None:
-                data = read_input(uri, self.in_opts)  # read_error / not_a_file (FIFO, device)
-            elif isinstance(data, BaseException):
-                raise data
-        except DecodeError as exc:
-            timings["read_ms"] = _ms(t)
-            return self._fail(row, exc.code, exc.message)
-        timings["read_ms"] = _ms(t)
-
-        # decode
-        t = time.perf_counter()
-        try:
-            img = decode_image(data, max_pixels=self.m.run.max_pixels, name=uri)
-        except DecodeError as exc:
-            timings["decode_ms"] = _ms(t)
-            row["input_sha256"] = sha256_hex(data)
-            return self._fail(row, exc.code, exc.message)
-        timings["decode_ms"] = _ms(t)
-        del data
-        rgb = img.rgb
-        row.update(input_sha256=img.sha256, height=int(rgb.shape[0]), width=int(rgb.shape[1]),
-                   source_format=img.source_format, frames=img.frames)
-
-        # detect
-        t = time.perf_counter()
-        faces = self.detector.detect(rgb)
-        timings["detect_ms"] = _ms(t)
-        row["n_faces"] = len(faces)
-
-        # budget: reserve every face's charge before any noise is drawn
-        spent_after = [None] * len(faces)
-        if self.dp and faces:
-            args = (self.ctx.run_id, row["record_id"], subject_key, img.sha256, [f.box for f in faces], self.charge)
-            res = call(self.budget, "reserve", *args)
-            if res.get("adopt") and self._adopt(row, timings, rgb, faces, res):
-                return None
-            if res.get("adopt"):  # the earlier output is gone or differs: a new, charged attempt
-                res = call(self.budget, "reserve", *args, False)
-            if not res["ok"]:
-                row["status"] = "budget_exhausted"
-                row["error"] = f"{uri}: {res['reason']}; not processed, nothing charged"
-                row["faces"] = [_face_row(f, None, None, None) for f in faces]
-                return None
-            spent_after = res["spent_after"]
-
-        # anonymize
-        t = time.perf_counter()
-        if self.dp and faces:
-            self._token = res["token"]  # from here on the draw is charged
-        out, facts = self.anonymizer(rgb, faces, self.rng) if faces else (rgb, [])
-        timings["anonymize_ms"] = _ms(t)
-        if self.dp:
-            row["dp_test_mode"] = any(f.test_mode for f in facts)
-        if facts:
-            row["dp_scope"] = facts[0].dp_scope
-
-        # check
-        t = time.perf_counter()
-        checks = self.checker.check(rgb, out, faces) if (self.checker and faces) else [None] * len(faces)
-        timings["check_ms"] = _ms(t)
-
-        row["faces"] = [_face_row(face, fact, chk, spent) for face, fact, chk, spent in zip(faces, facts, checks, spent_after)]
-        dists = [c.id_distance for c in checks if c is not None]
-        row["min_id_distance"] = min(dists) if dists else None
-
-        # policy
-        if not faces:
-            action = self.m.checks.no_face
-        elif self.checker and any(not c.passed for c in checks):
-            action = self.m.checks.on_fail
-        else:
-            action = "keep"
-        if action == "keep" and row["dp_test_mode"]:
-            # seeded test noise carries no guarantee: it never reaches the release
-            action = "quarantine"
-            row["error"] = (f"{uri}: anonymize.params.test_seed is set: the noise is seeded test noise, not DP; "
-                            "quarantined, never released")
-        if action == "drop":
-            row["status"] = "dropped"
-            return None
-
-        # write
-        t = time.perf_counter()
-        fmt = resolve_format(self.m.output.format, img.source_format)
-        blob = encode_clean(out, fmt, self.m.output.quality)
-        if action == "quarantine":
-            fs, root, status = self.q_fs, self.q_root, "quarantined"
-        else:
-            fs, root, status = self.out_fs, self.out_root, "released"
-        path = f"{root.rstrip('/')}/{output_stem}{FORMATS[fmt][1]}"
-        if self._deferred is not None:
-            self._scheduled = True
-            self._deferred.append(functools.partial(self._deferred_write, row, timings, fs, path, blob, status,
-                                                    stale, _ms(t)))
-            return None
-        self._write(row, timings, fs, path, blob, status, _ms(t))
-        return None
-
-    def _write(self, row: dict, timings: dict, fs, path: str, blob: bytes, status: str, encode_ms: float) -> None:
-        t = time.perf_counter()
-        try:
-            atomic_write(fs, path, blob)
-        except OSError as exc:
-            timings["write_ms"] = round(encode_ms + _ms(t), 3)
-            return self._fail(row, "write_error", f"{row['input_uri']}: cannot write output {display_uri(fs, path)} ({exc})")
-        timings["write_ms"] = round(encode_ms + _ms(t), 3)
-        row["status"] = status
-        row["output_uri"] = display_uri(fs, path)
-        row["output_sha256"] = sha256_hex(blob)
-        self._written = {"status": status, "output_uri": row["output_uri"], "output_sha256": row["output_sha256"],
-                         "dp_test_mode": row["dp_test_mode"]}
-        return None
-
-    def _deferred_write(self, row: dict, timings: dict, fs, path: str, blob: bytes, status: str,
-                        stale: list[str] | None, encode_ms: float) -> None:
-        """A write scheduled by ``_process`` (in the batch's I/O pool): the row gets its final
-        status here, and nothing escapes, as in :meth:`process_one`."""
-        try:
-            self._write(row, timings, fs, path, blob, status, encode_ms)
-            if stale:
-                self._clear_stale(row, stale)
-        except Exception as exc:  # noqa: BLE001 - a record never takes the batch down
-            row.update(status="failed", error_code="internal_error", output_uri=None, output_sha256=None,
-                       error=f"{row['input_uri']}: unexpected {type(exc).__name__} at write: {exc}")
-        row["processed_at"] = _dt.datetime.now(_dt.timezone.utc)
-
-    def _adopt(self, row: dict, timings: dict, rgb, faces, res: dict) -> bool:
+    def _adopt(self, rec: Record, rgb, faces, res: dict) -> bool:
         """A retried task (its actor died) reaches a DP record whose earlier attempt in this
         run was already written and charged: take that output as this record's result
         instead of drawing (and charging) new noise. The output is verified byte for byte
@@ -357,14 +330,12 @@ class ProcessRecords:
         if sha256_hex(blob) != a["output_sha256"]:
             return False
         out = decode_image(blob, max_pixels=self.m.run.max_pixels, name=a["output_uri"]).rgb
-        timings["write_ms"] = _ms(t)
+        rec.timings["write_ms"] = _ms(t)
         checks = self.checker.check(rgb, out, faces) if self.checker else [None] * len(faces)
-        from deid.privacy.accountant import Charge  # DP runs only: dp-accounting is slow to import
-
-        fact = Charge(**self.charge)  # the per-face facts are the charge's
-        row["faces"] = [_face_row(face, fact, chk, spent) for face, chk, spent in zip(faces, checks, res["spent_after"])]
-        dists = [c.id_distance for c in checks if c is not None]
-        row["min_id_distance"] = min(dists) if dists else None
-        row.update(status=a["status"], output_uri=a["output_uri"], output_sha256=a["output_sha256"],
-                   dp_test_mode=a.get("dp_test_mode"))
+        released = FaceFacts(method=self.anonymizer.name, scope=self.anonymizer.dp_scope, dp=self.anonymizer.release,
+                             test_mode=bool(a.get("dp_test_mode")))  # what the earlier attempt released
+        facts = [released] * len(faces)
+        self.record_faces(rec, faces, facts, checks, res["spent_after"])
+        rec.row.update(status=a["status"], output_uri=a["output_uri"], output_sha256=a["output_sha256"],
+                       dp_test_mode=a.get("dp_test_mode"))
         return True

@@ -188,10 +188,17 @@ class Charge:
                 )
 
     @classmethod
-    def from_calibrated(cls, cal) -> "Charge":
-        """The charge of one release from any object with the five facts as attributes
-        (e.g. ``deid.privacy.mechanisms.Calibrated``); validated like any other."""
-        return cls(cal.mechanism, cal.epsilon, cal.delta, cal.sensitivity, cal.noise_scale)
+    def of(cls, release) -> "Charge":
+        """The ledger charge of one release: from a face's facts (``deid.facts.FaceFacts``, via
+        its ``dp``), their ``DpRelease``, or any object with the five facts as attributes (e.g.
+        ``deid.privacy.mechanisms.Calibrated``); validated like any other. The one function
+        that turns what a method did into what the ledger is charged."""
+        if isinstance(release, cls):
+            return release
+        dp = getattr(release, "dp", release)
+        if dp is None:
+            raise ValueError(f"{getattr(release, 'method', 'the method')}: a face with no DP release has no charge")
+        return cls(dp.mechanism, dp.epsilon, dp.delta, dp.sensitivity, dp.noise_scale)
 
     @property
     def noise_multiplier(self) -> float:

@@ -81,6 +81,8 @@ from typing import Literal
 
 import numpy as np
 
+from deid.facts import DpRelease
+
 Mechanism = Literal["laplace", "gaussian"]
 Scope = Literal["face-latent", "heuristic"]
 
@@ -287,14 +289,11 @@ class Calibrated:
         """noise_scale / sensitivity, as dp-accounting's DpEvents define it."""
         return self.noise_scale / self.sensitivity
 
-    def dp_event(self):
-        """The ``dp_accounting`` event for one release: the event of its ledger charge
-        (:meth:`deid.privacy.accountant.Charge.dp_event`, the one place that decides how a
-        release is accounted: ``LaplaceDpEvent``, or ``ZCDpEvent(rho)`` for the discrete
-        Gaussian, rho rounded up and never below OpenDP's own)."""
-        from deid.privacy.accountant import Charge
-
-        return Charge.from_calibrated(self).dp_event()
+    def release(self) -> DpRelease:
+        """The per-face facts of one release under this calibration (:class:`deid.facts.DpRelease`):
+        what the method's facts carry and the ledger is charged (``Charge.of``, whose
+        ``dp_event`` is the one place that decides how a release is accounted)."""
+        return DpRelease(self.mechanism, self.epsilon, self.delta, self.sensitivity, self.noise_scale)
 
 
 def _granularity_exponent(nominal_scale: float, sensitivity: float, dim: int) -> int:

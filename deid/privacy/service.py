@@ -41,7 +41,7 @@ class BudgetService:
         self._lock = threading.Lock()
 
     def reserve(self, run_id: str, record_id: str, subject_key: str | None, input_sha256: str,
-                boxes: list[tuple[int, int, int, int]], charge: dict, adopt: bool = True) -> dict:
+                boxes: list[tuple[int, int, int, int]], release, adopt: bool = True) -> dict:
         """Reserve one charge per face. Labeled records charge every face to the labeled
         subject (conservative: the label may name any of them); unlabeled faces are charged
         to a key derived from the source content (same source face -> same key).
@@ -50,10 +50,11 @@ class BudgetService:
         it in this run was written and committed, the answer is ``adopt``: the worker takes
         that output (verified by sha256) and nothing new is drawn or charged; with
         ``adopt=False`` (the output was gone) or when the earlier attempt never committed
-        (it may have drawn noise), this draw is charged as a new release, ``#attempt-N``."""
+        (it may have drawn noise), this draw is charged as a new release, ``#attempt-N``.
+        ``release`` is the method's per-face :class:`deid.facts.DpRelease`."""
         from deid.privacy.accountant import Charge
 
-        c = Charge(**charge)
+        c = Charge.of(release)
         keys = [subject_key or self._keyer.from_content(input_sha256, tuple(int(v) for v in b)) for b in boxes]
         with self._lock:
             res = self._ledger.reserve(run_id, record_id, [(k, c) for k in keys])
@@ -98,12 +99,12 @@ class BudgetService:
     def labeled_key(self, subject: str) -> str:
         return self._keyer.labeled(subject)
 
-    def would_exceed(self, subject_key: str, charge: dict) -> bool:
+    def would_exceed(self, subject_key: str, release) -> bool:
         from deid.privacy.accountant import Charge, would_exceed
 
         with self._lock:
             hist = self._ledger.history(subject_key)
-        return would_exceed(hist, [Charge(**charge)], self._ledger.max_epsilon, self._ledger.max_delta)
+        return would_exceed(hist, [Charge.of(release)], self._ledger.max_epsilon, self._ledger.max_delta)
 
     def ping(self) -> bool:
         return True

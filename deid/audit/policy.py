@@ -1,0 +1,42 @@
+"""The release decision: the facts of a record in, its status out.
+
+Contract: :func:`decide` is the only place that turns what happened to a record (its faces,
+the identity checks, the methods' facts) into ``released``, ``quarantined`` or ``dropped``.
+
+* no face found: ``checks.no_face``;
+* any face failed its identity check: ``checks.on_fail``;
+* otherwise the record is released, except that faces whose noise came from the seeded test
+  path (``test_mode``) are never released: they are quarantined, whatever the checks said.
+
+For DP methods the checks are measurements made after the draw, which is charged anyway:
+quarantining on them is outside the DP guarantee (docs/privacy.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: manifest action -> audit status
+STATUS_OF = {"keep": "released", "quarantine": "quarantined", "drop": "dropped"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str              # released | quarantined | dropped
+    reason: str | None = None
+
+
+def decide(checks_cfg, n_faces: int, facts: list, checks: list, uri: str) -> Decision:
+    """``checks_cfg``: the manifest's ``checks`` section; ``facts`` one FaceFacts per face;
+    ``checks`` one FaceCheck (or None where no check ran) per face."""
+    if n_faces == 0:
+        action = checks_cfg.no_face
+    elif any(c is not None and not c.passed for c in checks):
+        action = checks_cfg.on_fail
+    else:
+        action = "keep"
+    if action == "keep" and any(f.test_mode for f in facts):
+        # seeded test noise carries no guarantee: it never reaches the release
+        return Decision("quarantined", f"{uri}: anonymize.params.test_seed is set: the noise is seeded test noise, "
+                                       "not DP; quarantined, never released")
+    return Decision(STATUS_OF[action])

@@ -1,0 +1,35 @@
+"""The detector registry (deid.plugins): every detector backend registers here.
+
+A detector plug-in is one module in this package (or a third-party module behind a
+``deid.plugins`` entry point) that registers a :class:`deid.plugins.Plugin` of kind
+``detector``: its params model subclasses :class:`deid.faces.base.DetectorParams`, its
+factory takes the validated params (the manifest's ``detect`` section) and returns a
+:class:`deid.faces.base.Detector`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deid.plugins import Registry
+
+DETECTORS = Registry("detector", "deid.faces")
+
+#: the detector of a manifest that names none
+DEFAULT_DETECTOR = "dlib-hog"
+
+
+def make_detector(cfg: Any = None, **overrides: Any):
+    """Build the detector a manifest ``detect`` section (a validated section, a dict with
+    ``backend``, or ``None`` for the default) asks for; ``overrides`` replace params."""
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        cfg = cfg.model_dump()
+    cfg = {**cfg, **overrides}
+    name = cfg.pop("backend", None) or DEFAULT_DETECTOR
+    try:
+        plugin = DETECTORS.get(name)
+    except KeyError as exc:
+        raise ValueError(str(exc.args[0])) from None
+    return plugin.build(cfg)

@@ -1,0 +1,95 @@
+"""What happened to one face: the frozen facts every anonymization method returns.
+
+Contract (the dp-accounting style: plain frozen data that says exactly what happened):
+
+* A method returns one :class:`FaceFacts` per face it was given, in the order of the faces.
+* :class:`DpRelease` is the DP part of a face's facts: the mechanism, its (epsilon, delta),
+  the L1/L2 sensitivity of the clipped latent and the noise scale. A DP method knows it before
+  any noise is drawn (``Anonymizer.release``), so the ledger is charged from the same object
+  the facts carry.
+* Consumers derive what they need from these facts by one function each, and from nothing
+  else: the ledger charge (:meth:`deid.privacy.accountant.Charge.of`), the audit row's face
+  entry (:func:`deid.audit.rows.face_row`, through :meth:`FaceFacts.audit_fields`) and the
+  run's per-record DP columns (:meth:`FaceFacts.record_fields`).
+* ``extra`` holds further facts as (name, JSON value) pairs, for facts later methods add
+  (residual faces, attributes); it never holds embeddings, latents, noise or seeds.
+
+This module imports nothing from deid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+#: What a DP guarantee covers: ``none`` (not DP), ``face-latent`` (the face region that passes
+#: through the latent), ``heuristic`` (noise on part of the latent while the rest passes through)
+SCOPES = ("none", "face-latent", "heuristic")
+
+
+@dataclass(frozen=True)
+class DpRelease:
+    """One noisy release of one face, as calibrated: what the ledger is charged."""
+
+    mechanism: str
+    epsilon: float
+    delta: float
+    sensitivity: float
+    noise_scale: float
+
+
+@dataclass(frozen=True)
+class FaceFacts:
+    method: str
+    scope: str = "none"
+    dp: DpRelease | None = None
+    test_mode: bool = False          # noise from the seeded, non-DP test path (never in a release)
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if isinstance(self.extra, Mapping):
+            object.__setattr__(self, "extra", tuple(sorted(self.extra.items())))
+
+    # flat views, for code and tests that read one fact
+    @property
+    def dp_scope(self) -> str:
+        return self.scope
+
+    @property
+    def mechanism(self) -> str | None:
+        return None if self.dp is None else self.dp.mechanism
+
+    @property
+    def epsilon(self) -> float | None:
+        return None if self.dp is None else self.dp.epsilon
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.dp is None else self.dp.delta
+
+    @property
+    def sensitivity(self) -> float | None:
+        return None if self.dp is None else self.dp.sensitivity
+
+    @property
+    def noise_scale(self) -> float | None:
+        return None if self.dp is None else self.dp.noise_scale
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """One of the ``extra`` facts."""
+        return dict(self.extra).get(name, default)
+
+    def audit_fields(self) -> dict:
+        """The facts' columns of the audit's per-face struct (deid.audit.schema.FACE)."""
+        return {"epsilon": self.epsilon, "delta": self.delta, "mechanism": self.mechanism,
+                "sensitivity": self.sensitivity, "noise_scale": self.noise_scale}
+
+    @staticmethod
+    def record_fields(facts: "list[FaceFacts]", default_scope: str, dp: bool) -> dict:
+        """The record-level audit columns the faces' facts decide: ``dp_scope`` (the first
+        face's, else the method's) and, for DP methods, ``dp_test_mode`` (any face's noise
+        came from the test path)."""
+        return {"dp_scope": facts[0].scope if facts else default_scope,
+                "dp_test_mode": any(f.test_mode for f in facts) if dp else None}

@@ -1,0 +1,77 @@
+"""Collecting the workers' audit tables, and the run summary.
+
+Contract: results are matched to inputs by ``record_id``, never by order; the first answer
+for a record wins (a retried task may answer twice); every table goes to the audit writer
+as it arrives; the summary is written last.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from deid import __version__
+from deid.audit.schema import STATUSES
+
+
+@dataclass
+class Tally:
+    faces: int = 0
+    distances: list = field(default_factory=list)
+
+
+def consume(results, expected, seen, writer, counts, bar, on_batch, tally: Tally) -> None:
+    for table in results:
+        ids = table.column("record_id").to_pylist()
+        keep = [i for i, r in enumerate(ids) if r in expected and r not in seen]
+        if len(keep) != len(ids):  # duplicates from a retried task: first answer wins
+            table = table.take(pa.array(keep, pa.int64()))
+            ids = [ids[i] for i in keep]
+        seen.update(ids)
+        writer.add(table)
+        counts.update(table.column("status").to_pylist())
+        tally.faces += int(pc.sum(table.column("n_faces")).as_py() or 0)
+        flat = pc.list_flatten(table.column("faces"))
+        tally.distances += [d for d in pc.struct_field(flat, "id_distance").to_pylist() if d is not None]
+        if on_batch:
+            on_batch(table)
+        bar.update(table.num_rows)
+        bar.set_postfix({k: counts[k] for k in STATUSES if counts[k]}, refresh=False)
+
+
+
+
+def run_summary(*, run_id: str, ctx, manifest, inputs: int, rows_written: int, counts: Counter, tally: Tally,
+                wall: float, engine: str, resumed: bool, temp_files_removed, aborted: str | None,
+                records_uri: str) -> dict:
+    """The run's summary.json: counts per status, faces, identity distances, speed, locations."""
+    distances = tally.distances
+    return {
+        "run_id": run_id,
+        "tool_version": __version__,
+        "config_sha256": ctx.config_sha256,
+        "inputs": inputs,
+        "audit_rows": rows_written,
+        "counts": {k: counts.get(k, 0) for k in STATUSES},
+        "faces": tally.faces,
+        "id_distance": {
+            "min": min(distances) if distances else None,
+            "median": statistics.median(distances) if distances else None,
+            "n": len(distances),
+        },
+        "wall_seconds": round(wall, 3),
+        "records_per_second": round(inputs / wall, 3) if wall > 0 else None,
+        "engine": engine,
+        "resumed": resumed,
+        "temp_files_removed": temp_files_removed,
+        "aborted": aborted,
+        "output_uri": manifest.output.uri,
+        "quarantine_uri": manifest.quarantine_uri,
+        "audit_uri": manifest.audit_uri,
+        "audit_records_uri": records_uri,
+        "method": manifest.anonymize.method,
+    }
