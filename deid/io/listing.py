@@ -20,12 +20,15 @@ import posixpath
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import fsspec
 import pyarrow as pa
 
-from deid.config.schema import Manifest
 from deid.io.write import display_uri
+
+if TYPE_CHECKING:  # the manifest is only a type here: io sits below config
+    from deid.config.schema import Manifest
 
 LISTING_SCHEMA = pa.schema(
     [
