@@ -38,6 +38,9 @@ class DpRelease:
     noise_scale: float
 
 
+_DP_FIELDS = ("epsilon", "delta", "mechanism", "sensitivity", "noise_scale")
+
+
 @dataclass(frozen=True)
 class FaceFacts:
     method: str
@@ -57,25 +60,11 @@ class FaceFacts:
     def dp_scope(self) -> str:
         return self.scope
 
-    @property
-    def mechanism(self) -> str | None:
-        return None if self.dp is None else self.dp.mechanism
-
-    @property
-    def epsilon(self) -> float | None:
-        return None if self.dp is None else self.dp.epsilon
-
-    @property
-    def delta(self) -> float | None:
-        return None if self.dp is None else self.dp.delta
-
-    @property
-    def sensitivity(self) -> float | None:
-        return None if self.dp is None else self.dp.sensitivity
-
-    @property
-    def noise_scale(self) -> float | None:
-        return None if self.dp is None else self.dp.noise_scale
+    def __getattr__(self, name: str) -> Any:
+        """Flat views of the DP release (``facts.epsilon``, ...): None for a non-DP face."""
+        if name in _DP_FIELDS:
+            return None if self.dp is None else getattr(self.dp, name)
+        raise AttributeError(name)
 
     def get(self, name: str, default: Any = None) -> Any:
         """One of the ``extra`` facts."""
@@ -83,8 +72,7 @@ class FaceFacts:
 
     def audit_fields(self) -> dict:
         """The facts' columns of the audit's per-face struct (deid.audit.schema.FACE)."""
-        return {"epsilon": self.epsilon, "delta": self.delta, "mechanism": self.mechanism,
-                "sensitivity": self.sensitivity, "noise_scale": self.noise_scale}
+        return {name: getattr(self, name) for name in _DP_FIELDS}
 
     @staticmethod
     def record_fields(facts: "list[FaceFacts]", default_scope: str, dp: bool) -> dict:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from deid import __version__
 from deid.audit.schema import AUDIT_SCHEMA
+from deid.facts import FaceFacts
 
-_NO_FACTS = dict.fromkeys(("epsilon", "delta", "mechanism", "sensitivity", "noise_scale"))
+_NO_FACTS = FaceFacts(method="").audit_fields()  # a face nothing was done to: every fact null
 
 
 @dataclass

@@ -206,15 +206,10 @@ class Manifest(_Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
-    @field_validator("detect", mode="before")
+    @field_validator("detect", "latent", mode="before")
     @classmethod
-    def _detect(cls, v: Any) -> BaseModel:
-        return detect_section(v)
-
-    @field_validator("latent", mode="before")
-    @classmethod
-    def _latent(cls, v: Any) -> BaseModel:
-        return latent_section(v)
+    def _plugin_section(cls, v: Any, info: ValidationInfo) -> BaseModel:
+        return (detect_section if info.field_name == "detect" else latent_section)(v)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Manifest":
