@@ -114,7 +114,8 @@ def test_cross_field_checks():
     ok = manifest_from_dict({"input": {"uri": "s3://in/photos"}, "output": {"uri": "s3://released", "quarantine_uri": "s3://q/x"}})
     assert ok.quarantine_uri == "s3://q/x"
     # a detector error is reported together with the other errors, at its field
-    errs = _errors({"input": {"uri": "a", "bogus": 1}, "output": {"uri": "b"}, "detect": {"backend": "insightface"}})
+    errs = _errors({"input": {"uri": "a", "bogus": 1}, "output": {"uri": "b"}, "detect": {"backend": "insightface"},
+                    "licences": {"accept_non_commercial": ["insightface"]}})
     assert "input.bogus" in errs and errs["detect.model_dir"] == "required field is missing"
 
 
@@ -135,3 +136,18 @@ def test_plugin_sections_are_validated_by_the_plugin_they_name():
     dumped = m.model_dump(mode="json")
     assert dumped["detect"]["upsample"] == 0 and dumped["latent"]["backend"] == "pca"
     assert manifest_from_dict(dumped).config_sha256() == m.config_sha256()
+
+
+def test_non_commercial_weights_need_the_users_acknowledgement():
+    """insightface's model packs are licensed for non-commercial research only: a job that uses
+    them must say so, by name; the acknowledgement is part of the hashed config."""
+    job = {**MINIMAL, "detect": {"backend": "insightface", "model_dir": "/models/buffalo_l"}}
+    errs = _errors(job)
+    msg = " ".join(errs.values())
+    assert "insightface" in msg and "non-commercial" in msg and "licences.accept_non_commercial" in msg
+    ok = manifest_from_dict({**job, "licences": {"accept_non_commercial": ["insightface"]}})
+    assert [p.name for _, p in ok.plugins_used()] == ["insightface", "blur"]
+    assert ok.config_sha256() != manifest_from_dict({**MINIMAL, "detect": job["detect"],
+                                                     "licences": {"accept_non_commercial": ["insightface", "x"]}}).config_sha256()
+    # a plug-in with commercial-friendly weights needs nothing
+    assert manifest_from_dict({**MINIMAL, "detect": {"backend": "centerface"}}).licences.accept_non_commercial == []

@@ -164,6 +164,13 @@ class ChecksConfig(_Section):
     redetect: bool = Field(True, description="run the detector on the output to record still_detected")
 
 
+class LicencesConfig(_Section):
+    accept_non_commercial: list[str] = Field(
+        default_factory=list, description="plug-ins whose model weights are licensed for non-commercial use only "
+        "(deid plugins flags them) that you accept to use under those terms; a run that uses one without "
+        "naming it here is refused")
+
+
 class AuditConfig(_Section):
     uri: str | None = Field(None, description="default: <output.uri>/_audit/")
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -204,6 +211,7 @@ class Manifest(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    licences: LicencesConfig = Field(default_factory=LicencesConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @field_validator("detect", "latent", mode="before")
@@ -227,6 +235,12 @@ class Manifest(_Section):
                                  "e.g. the gaussian mechanism, needs a delta budget)")
             if p.get("epsilon", 0.0) > self.privacy.max_epsilon:
                 raise ValueError("anonymize.params.epsilon exceeds privacy.max_epsilon: no face could ever be released")
+        for where, plugin in self.plugins_used():
+            if plugin.licence.non_commercial and plugin.name not in self.licences.accept_non_commercial:
+                raise ValueError(
+                    f"{where}: {plugin.name} loads model weights licensed for non-commercial use only "
+                    f"({plugin.licence.weights}); to use them under those terms, add {plugin.name!r} to "
+                    "licences.accept_non_commercial")
         if self.output.quarantine_uri is None and _is_bucket_root(out):
             raise ValueError(
                 f"output.quarantine_uri must be set when output.uri is a bucket root ({self.output.uri}): "
@@ -235,6 +249,14 @@ class Manifest(_Section):
         return self
 
     # ----------------------------------------------------------------- derived
+    def plugins_used(self) -> list[tuple[str, Any]]:
+        """``(manifest field, Plugin)`` of every plug-in this job runs."""
+        method = method_plugin(self.anonymize.method)
+        used = [("detect.backend", DETECTORS.get(self.detect.backend)), ("anonymize.method", method)]
+        if method.needs.latent:
+            used.append(("latent.backend", LATENT_MODELS.get(self.latent.backend)))
+        return used
+
     @property
     def audit_uri(self) -> str:
         return self.audit.uri or join_uri(self.output.uri, "_audit")
