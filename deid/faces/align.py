@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from skimage.transform import SimilarityTransform
 
 # Templates in a unit square (x right, y down), scaled by the crop size.
 # dlib 5-point layout, in the order shape_predictor_5_face_landmarks emits it: outer and
@@ -45,6 +44,8 @@ def estimate(landmarks5: np.ndarray, size: int, layout: str = "dlib5", scale: fl
     tmpl = TEMPLATES[layout]
     dst = ((tmpl - 0.5) * scale + 0.5) * size
     src = np.asarray(landmarks5, dtype=np.float64)
+    from skimage.transform import SimilarityTransform  # here: it imports scipy.spatial (~0.4 s)
+
     if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
         tform = SimilarityTransform.from_estimate(src, dst)
         ok = bool(tform)
