@@ -1,7 +1,9 @@
 """Verification accuracy and same-person threshold of the evaluation recognizers.
 
 On a labelled folder (default /work/shared/data/lfw-dev): detect the largest face with
-dlib HOG, embed with dlib ResNet-128 and MobileFaceNet, form every same-subject pair and
+dlib HOG, embed it with every registered recognizer (``deid plugins --kind recognizer``:
+dlib ResNet-128 and MobileFaceNet), located once with one shared landmarker as
+``deid evaluate`` does, form every same-subject pair and
 as many different-subject pairs (fixed seed), and run the LFW 10-fold protocol: on each
 fold the threshold is chosen on the other nine and accuracy measured on the held-out one.
 Prints accuracy (mean +- std over folds) and the mean threshold per recognizer.
@@ -18,14 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deid.evaluate.recognizers import DlibResNet, Landmarker, MobileFaceNet
-from deid.faces.dlib_backend import DlibDetector
+from deid.evaluate.recognizers import Landmarker
+from deid.evaluate.registry import RECOGNIZERS, make_recognizer
+from deid.faces import make_detector
 
 
 def main(root: Path) -> None:
     paths = sorted(root.glob("*/*.jpg"))
-    det, lm = DlibDetector(), Landmarker()
-    recs = [DlibResNet(), MobileFaceNet()]
+    det, lm = make_detector({"backend": "dlib-hog"}), Landmarker()
+    recs = [make_recognizer(name, landmarker=lm) for name in RECOGNIZERS.names()]
     labels, embs = [], {r.name: [] for r in recs}
     t0 = time.perf_counter()
     for p in paths:
@@ -37,7 +40,7 @@ def main(root: Path) -> None:
         g = lm.geometry(rgb, f.box)
         labels.append(p.parent.name)
         for r in recs:
-            embs[r.name].append(r.embed(rgb, [g])[0])
+            embs[r.name].append(r.embed(rgb, r.locate(rgb, [g]))[0])
     print(f"{len(labels)} faces of {len(set(labels))} subjects ({len(paths)} files) in {time.perf_counter() - t0:.0f} s")
     labels = np.array(labels)
     n = len(labels)
@@ -53,7 +56,7 @@ def main(root: Path) -> None:
     print(f"{'recognizer':<16} {'accuracy':>16} {'threshold':>16}")
     for r in recs:
         e = np.array(embs[r.name])
-        d = np.linalg.norm(e[iu[0][pairs]] - e[iu[1][pairs]], axis=1)
+        d = r.distance(e[iu[0][pairs]], e[iu[1][pairs]])
         cand = np.unique(d)
         accs, ths = [], []
         for k in range(10):

@@ -31,8 +31,11 @@ This module imports nothing from deid, so every layer may use it.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import threading
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -196,18 +199,48 @@ def describe_params(model: type[BaseModel]) -> list[dict]:
         else:
             d = f.get_default(call_default_factory=True)
             default = list(d) if isinstance(d, tuple) else d
-        ann = f.annotation
-        out.append({"name": name, "type": _type_name(ann), "default": default,
+        out.append({"name": name, "type": type_text(f), "default": default,
                     "description": (f.description or "").strip()})
     return out
 
 
-def _type_name(ann: Any) -> str:
-    text = getattr(ann, "__name__", None) if not getattr(ann, "__args__", None) else None
-    text = text or repr(ann)
-    for junk in ("typing.", "Annotated[", "NoneType"):
-        text = text.replace(junk, "None" if junk == "NoneType" else "")
-    return text
+def type_text(field) -> str:
+    """A params field's type for people: ``float > 0, ≤ 2``, ``int ≥ 64 or null``, ``ellipse | box``."""
+    return _type(field.annotation, list(field.metadata))
+
+
+def _type(ann: Any, metadata: list) -> str:
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Annotated:
+        return _type(args[0], metadata + [m for a in args[1:] for m in getattr(a, "metadata", [a])])
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        text = " | ".join(_type(a, metadata) for a in rest)
+        return f"{text} or null" if len(rest) < len(args) else text
+    if origin is typing.Literal:
+        return " | ".join(json.dumps(a) if isinstance(a, str) else str(a) for a in args)
+    if origin is tuple and args and Ellipsis not in args:
+        inner = {_type(a, []) for a in args}
+        return f"{len(args)} x {inner.pop()}" if len(inner) == 1 else f"({', '.join(_type(a, []) for a in args)})"
+    if origin in (list, tuple):
+        return f"list of {_type(args[0], [])}" if args else "list"
+    if origin is dict or ann is dict:
+        return "mapping"
+    name = {str: "string", int: "int", float: "float", bool: "bool"}.get(ann, getattr(ann, "__name__", repr(ann)))
+    return f"{name} {_bounds(metadata)}".strip()
+
+
+def _bounds(metadata: list) -> str:
+    b = {k: getattr(m, k) for m in metadata for k in ("ge", "gt", "le", "lt") if getattr(m, k, None) is not None}
+    if "ge" in b and "le" in b:
+        return f"{_num(b['ge'])}–{_num(b['le'])}"
+    low = f"≥ {_num(b['ge'])}" if "ge" in b else f"> {_num(b['gt'])}" if "gt" in b else ""
+    high = f"≤ {_num(b['le'])}" if "le" in b else f"< {_num(b['lt'])}" if "lt" in b else ""
+    return ", ".join(x for x in (low, high) if x)
+
+
+def _num(x: Any) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
 
 
 class Registry:

@@ -266,3 +266,44 @@ def test_a_resumed_run_is_evaluated_over_the_rows_it_skipped(swept):
     for r in got:
         assert r["status"] == by_id[r["record_id"]]["status"] and r["faces"] == by_id[r["record_id"]]["faces"]
     assert rows_for_runs(both, [blur_run]) == blur
+
+
+def test_recognizers_and_attacks_are_registered_plugins():
+    from pydantic import ValidationError
+
+    from deid.evaluate.recognizers import FaceGeometry, Landmarker
+    from deid.evaluate.registry import ATTACKS, RECOGNIZERS, evaluation_order, make_attack, make_recognizer, metrics_key
+    from deid.faces import make_detector
+    from deid.faces.base import Recognizer
+
+    assert RECOGNIZERS.names() == list(RECS)
+    attacks_schema = SCHEMA["properties"]["groups"]["items"]["properties"]["privacy"]["additionalProperties"]
+    assert [metrics_key(p.name) for p in evaluation_order(ATTACKS)] == attacks_schema["properties"]["attacks"]["required"]
+    rgb = np.asarray(Image.open(sorted(FIX.glob("*/*.jpg"))[0]).convert("RGB"))
+    box = max((f.box for f in make_detector({"backend": "dlib-hog"}).detect(rgb)), key=lambda b: b[2] - b[0])
+    lm = Landmarker()
+    for name in RECS:
+        rec = make_recognizer(name, landmarker=lm)
+        assert isinstance(rec, Recognizer) and rec.name == name and len(rec.fingerprint) == 64
+        located = rec.locate(rgb, [box])
+        assert isinstance(located[0], FaceGeometry) and rec.locate(rgb, located)[0] is located[0]
+        e = rec.embed(rgb, located)
+        assert e.shape == (1, rec.dim) and rec.embed(rgb, []).shape == (0, rec.dim)
+        d = rec.distance(np.vstack([e, e]), np.vstack([e, e + 1.0]))
+        assert d.shape == (2,) and d[0] == 0 and d[1] == pytest.approx(np.sqrt(rec.dim))
+        assert all(Path(f.path).is_file() for f in RECOGNIZERS.get(name).files())
+    # on its own, the check network loads only dlib's 5-point model, and embeds the same
+    alone, shared = make_recognizer("dlib-resnet128"), make_recognizer("dlib-resnet128", landmarker=lm)
+    assert np.array_equal(alone.embed(rgb, alone.locate(rgb, [box])), shared.embed(rgb, shared.locate(rgb, [box])))
+    assert alone.locate(rgb, [box])[0].arcface5 is None
+    with pytest.raises(ValidationError, match="thread"):
+        make_recognizer("mobilefacenet", {"thread": 2})
+    with pytest.raises(ValueError, match="known: dlib-resnet128, mobilefacenet"):
+        make_recognizer("arcface")
+    rng = np.random.default_rng(0)
+    subj = np.repeat(np.array(["a", "b", "c"]), 4)
+    orig = rng.normal(size=(12, 8)) + np.repeat(np.eye(3, 8) * 20, 4, axis=0)
+    for p in ATTACKS:
+        res = make_attack(p.name)(orig, orig + rng.normal(size=orig.shape) * 0.01, subj, np.arange(12))
+        assert {"top1", "top5", "n_probes", "chance_top1", "chance_top5"} <= set(res), p.name
+        assert res["top1"] == 1.0, p.name

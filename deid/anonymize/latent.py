@@ -53,7 +53,8 @@ class DPImageParams(_LatentParams):
     # guarantee costs nothing visible; noising the leading 32 components matches all 128.
     epsilon: float = Field(1.0, gt=0.0, le=1e6, description="per-face privacy budget of one release")
     delta: float = Field(0.0, ge=0.0, lt=1.0, description="gaussian only: the delta of (epsilon, delta)-DP")
-    mechanism: Literal["laplace", "gaussian"] = "laplace"
+    mechanism: Literal["laplace", "gaussian"] = Field(
+        "laplace", description="laplace: pure epsilon-DP (L1 sensitivity); gaussian: (epsilon, delta)-DP, discrete Gaussian")
     noise_dims: int | None = Field(
         32, ge=1, description="noise only the first k latent dimensions; the rest are replaced by public means (still DP); null: all"
     )

@@ -1,4 +1,8 @@
-"""``deid`` command line: ``deid run MANIFEST``, ``deid validate MANIFEST``."""
+"""``deid`` command line: ``deid run MANIFEST``, ``deid validate MANIFEST`` and the sub-commands
+(``budget``, ``latent``, ``evaluate``, ``sweep``, ``plugins``) of the other ``deid.cli`` modules.
+
+Each command module imports only :mod:`deid.cli.common` of the CLI; only this module imports
+the command modules, to register them."""
 
 from __future__ import annotations
 
@@ -10,29 +14,23 @@ import typer
 
 from deid import __version__
 from deid.cli.budget import app as budget_app
+from deid.cli.common import load_manifest_or_exit
 from deid.cli.evaluate import evaluate_cmd, sweep_cmd
 from deid.cli.latent import latent_app
-from deid.config import ManifestError, load_manifest
+from deid.cli.plugins import plugins_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="De-identify face image datasets, with an audit row for every record.")
 app.add_typer(budget_app, name="budget")
 app.add_typer(latent_app, name="latent")
 app.command("evaluate")(evaluate_cmd)
 app.command("sweep")(sweep_cmd)
-
-
-def _load(manifest: Path):
-    try:
-        return load_manifest(manifest)
-    except ManifestError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+app.command("plugins")(plugins_cmd)
 
 
 @app.command()
 def validate(manifest: Path = typer.Argument(..., help="job manifest (YAML)")) -> None:
     """Check a manifest: print every error with its field path; exit 2 if any."""
-    m = _load(manifest)
+    m = load_manifest_or_exit(manifest)
     typer.echo(f"{manifest}: ok (method={m.anonymize.method}, detector={m.detect.backend}, "
                f"output={m.output.uri}, audit={m.audit_uri}, quarantine={m.quarantine_uri})")
 
@@ -52,7 +50,7 @@ def run(
     from deid.io.listing import ListingError
     from deid.pipeline import RunError, dry_run, run_job
 
-    m = _load(manifest)
+    m = load_manifest_or_exit(manifest)
     if dry:
         try:
             plan = dry_run(m, resume=resume)

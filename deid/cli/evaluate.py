@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
 
+from deid.cli.common import load_manifest_or_exit, setup_logging
+
 MFN_HELP = "MobileFaceNet .tflite (default: $DEID_MOBILEFACENET, else the cache `make install` fills)"
-SECOND_HELP = "second detector for the detection rate: auto (dlib-cnn, or dlib-hog when the run used dlib-cnn), dlib-hog, dlib-cnn, none"
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+SECOND_HELP = ("second detector for the detection rate: auto (dlib-cnn, or dlib-hog when the run used dlib-cnn), "
+               "none, or any detector `deid plugins --kind detector` lists (with its default params)")
 
 
 def evaluate_cmd(
@@ -31,7 +29,7 @@ def evaluate_cmd(
     from deid.evaluate import EvaluateError, evaluate_run
     from deid.evaluate.models import ModelMissing
 
-    _setup_logging()
+    setup_logging()
     try:
         metrics, uris = evaluate_run(audit, subjects, out, run_ids=run_id or None, all_runs=all_runs,
                                      include_quarantined=include_quarantined, originals=not no_originals,
@@ -55,15 +53,14 @@ def sweep_cmd(
     second_detector_max: int = typer.Option(None, "--second-detector-max", help="run the second detector on about this many records per run"),
 ) -> None:
     """Run a grid of method strengths on the same inputs and plot privacy-utility curves."""
-    from deid.cli.app import _load
     from deid.evaluate import EvaluateError
     from deid.evaluate.models import ModelMissing
     from deid.evaluate.sweep import SweepError, sweep
     from deid.io.listing import ListingError
     from deid.pipeline import RunError
 
-    _setup_logging()
-    m = _load(manifest)
+    setup_logging()
+    m = load_manifest_or_exit(manifest)
     try:
         metrics, uris = sweep(m, param, out, subjects=subjects, engine="inline" if inline else "ray",
                               originals=not no_originals, mobilefacenet=mobilefacenet, second_detector=second_detector,

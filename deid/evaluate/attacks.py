@@ -18,13 +18,21 @@ masked out entirely, score chance, not 100%).
   attacker learns to recognise people *as anonymized*);
 * T1-classifier: logistic regression trained on embeddings of original photos, evaluated
   on anonymized photos of other sources (k-fold over photos).
+
+Each is a plug-in of kind ``attack`` (:mod:`deid.evaluate.registry`, where the callable's
+contract is): ``attack(orig, anon, subjects, sources) -> dict``. The no-anonymization
+:func:`reference` is not one: it is the baseline every attack is read against, T1 with the
+originals as the probes.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from deid.evaluate.recognizers import distances
+from deid.evaluate.registry import ATTACKS, NoParams
+from deid.plugins import Licence, Plugin
 
 
 def identify(gallery: np.ndarray, gallery_subjects: np.ndarray, probes: np.ndarray, probe_subjects: np.ndarray,
@@ -78,20 +86,29 @@ def _hit(less: np.ndarray, ties: np.ndarray, k: int) -> np.ndarray:
     return np.clip((k - less) / (ties + 1), 0.0, 1.0)
 
 
-def threat_models(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.ndarray) -> dict:
-    """T1, T2, T3 for one group: row i of ``orig`` and ``anon`` are the same source photo."""
-    same_source = sources[:, None] == sources[None, :]
-    return {
-        "T1": identify(orig, subjects, anon, subjects, exclude=same_source),
-        "T2": identify(anon, subjects, orig, subjects, exclude=same_source),
-        "T3": identify(anon, subjects, anon, subjects, exclude=same_source),
-    }
+def t1(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.ndarray) -> dict:
+    """Gallery: the originals; probes: the anonymized photos of the other sources."""
+    return identify(orig, subjects, anon, subjects, exclude=_same_source(sources))
+
+
+def t2(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.ndarray) -> dict:
+    """Gallery: the anonymized photos with labels; probes: the originals."""
+    return identify(anon, subjects, orig, subjects, exclude=_same_source(sources))
+
+
+def t3(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.ndarray) -> dict:
+    """Gallery: the anonymized photos with labels; probes: the other anonymized photos."""
+    return identify(anon, subjects, anon, subjects, exclude=_same_source(sources))
 
 
 def reference(orig: np.ndarray, subjects: np.ndarray, sources: np.ndarray) -> dict:
     """No anonymization: originals against the other originals (the recognizer's own rate)."""
-    same_source = sources[:, None] == sources[None, :]
-    return identify(orig, subjects, orig, subjects, exclude=same_source)
+    return t1(orig, orig, subjects, sources)
+
+
+def _same_source(sources: np.ndarray) -> np.ndarray:
+    sources = np.asarray(sources)
+    return sources[:, None] == sources[None, :]
 
 
 def classifier_t1(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, folds: int = 5, seed: int = 0) -> dict:
@@ -127,3 +144,32 @@ def classifier_t1(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, fold
     return {"top1": float(np.mean(top1)), "top5": float(np.mean(top5)), "n_probes": len(top1),
             "chance_top1": float(np.mean(1 / nc)), "chance_top5": float(np.mean(np.minimum(5, nc) / nc)),
             "folds": folds, "model": "StandardScaler + LogisticRegression (scikit-learn)"}
+
+
+# ---------------------------------------------------------------------------- plug-ins
+class ClassifierParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    folds: int = Field(5, ge=2, le=100, description="k of the k-fold split over photos")
+    seed: int = Field(0, description="seed of the k-fold shuffle")
+
+
+_CODE = Licence(code="Apache-2.0 (deid)")
+for _name, _fn, _summary in (
+    ("T1", t1, "nearest subject: gallery other original photos, probe anonymized photos (the attacker holds "
+               "clear photos of the people)"),
+    ("T2", t2, "nearest subject: gallery anonymized photos with labels, probe original photos"),
+    ("T3", t3, "nearest subject: gallery anonymized photos with labels, probe other anonymized photos (the "
+               "attacker learns people as anonymized)"),
+):
+    ATTACKS.register(Plugin(kind="attack", name=_name, params=NoParams, factory=lambda p, _fn=_fn: _fn,
+                            summary=_summary, licence=_CODE, module=__name__))
+
+ATTACKS.register(Plugin(
+    kind="attack", name="T1-classifier", params=ClassifierParams,
+    summary="logistic regression (scikit-learn) trained on original embeddings, tested on anonymized photos "
+            "of held-out sources (k-fold over photos)",
+    factory=lambda p: lambda orig, anon, subjects, sources: classifier_t1(orig, anon, subjects, folds=p.folds,
+                                                                          seed=p.seed),
+    licence=_CODE, module=__name__,
+))

@@ -12,6 +12,10 @@ Contract:
 * a record that cannot be evaluated (no subject, no face, no output, unreadable file,
   output of another size) is counted in ``selection`` by reason; unreadable files are
   logged with their path and reason, and the rest goes on;
+* recognizers and attacks are the registered plug-ins (:mod:`deid.evaluate.registry`):
+  every one runs, recognizers by name, attacks in ``ATTACK_ORDER``; each recognizer locates
+  a face once, on the original, and that geometry is reused for every output of it;
+* detectors are built with :func:`deid.faces.make_detector` (``utility.DETECTOR_PARAMS``);
 * original embeddings are computed once per evaluator and reused across groups and calls;
 * nothing secret at rest: metrics.json holds rates, counts and distances only, never
   embeddings, subject names or paths of records.
@@ -26,13 +30,16 @@ import posixpath
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import fsspec
 import numpy as np
 
 from deid import __version__
 from deid.evaluate import attacks, utility
-from deid.evaluate.recognizers import DlibResNet, FaceGeometry, Landmarker, MobileFaceNet, arcface_crop
+from deid.evaluate.recognizers import FaceGeometry, Landmarker, arcface_crop
+from deid.evaluate.registry import ATTACKS, RECOGNIZERS, evaluation_order, make_attack, make_recognizer, metrics_key
+from deid.faces import DETECTORS, make_detector
 
 log = logging.getLogger("deid.evaluate")
 
@@ -50,6 +57,7 @@ class Original:
     subject: str
     geom: FaceGeometry
     boxes: list
+    located: dict              # recognizer name -> what its locate() returned for the face
     emb: dict                  # recognizer name -> vector
     hog: np.ndarray
     thumb: np.ndarray
@@ -141,12 +149,26 @@ def _thumb(rgb: np.ndarray, geom: FaceGeometry) -> np.ndarray:
 
 
 class Evaluator:
-    """Models load once; originals are measured once per evaluator (in memory only)."""
+    """Models load once; originals are measured once per evaluator (in memory only).
+
+    ``recognizers``: params by recognizer name (``None``: every registered recognizer with its
+    defaults; ``mobilefacenet`` is a shortcut for ``mobilefacenet``'s ``path``); ``attack_params``:
+    params by attack name (every registered attack runs; those not named use their defaults).
+    """
 
     def __init__(self, mobilefacenet: str | None = None, second_detector: str | None = "auto",
-                 second_detector_max: int | None = None, storage_options: dict | None = None):
+                 second_detector_max: int | None = None, storage_options: dict | None = None,
+                 recognizers: Mapping[str, Any] | None = None, attack_params: Mapping[str, Any] | None = None):
         self.landmarker = Landmarker()
-        self.recognizers = [DlibResNet(), MobileFaceNet(mobilefacenet)]
+        chosen = {p.name: None for p in RECOGNIZERS} if recognizers is None else dict(recognizers)
+        if mobilefacenet is not None and "mobilefacenet" in chosen:
+            chosen["mobilefacenet"] = {**(chosen["mobilefacenet"] or {}), "path": mobilefacenet}
+        self.recognizers = [make_recognizer(n, chosen[n], landmarker=self.landmarker) for n in sorted(chosen)]
+        unknown = sorted(set(attack_params or {}) - set(ATTACKS.names()))
+        if unknown:
+            raise ValueError(f"unknown attack(s) {', '.join(unknown)} (known: {', '.join(ATTACKS.names())})")
+        self.attacks = [(metrics_key(p.name), make_attack(p.name, (attack_params or {}).get(p.name)))
+                        for p in evaluation_order(ATTACKS)]
         self.second_detector = second_detector
         self.second_detector_max = second_detector_max
         self.storage_options = storage_options or {}
@@ -156,7 +178,7 @@ class Evaluator:
     # ------------------------------------------------------------------ pieces
     def detector(self, name: str):
         if name not in self._detectors:
-            self._detectors[name] = utility.make_detector(name)
+            self._detectors[name] = make_detector({"backend": name, **utility.DETECTOR_PARAMS.get(name, {})})
         return self._detectors[name]
 
     def original(self, uri: str, sha: str | None, boxes: list, subject: str) -> Original:
@@ -165,8 +187,10 @@ class Evaluator:
             rgb = _read(uri, self.storage_options)
             box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
             geom = self.landmarker.geometry(rgb, box)
-            emb = {r.name: r.embed(rgb, [geom])[0] for r in self.recognizers}
-            self._originals[key] = Original(subject=subject, geom=geom, boxes=[tuple(b) for b in boxes], emb=emb,
+            located = {r.name: r.locate(rgb, [geom]) for r in self.recognizers}
+            emb = {r.name: r.embed(rgb, located[r.name])[0] for r in self.recognizers}
+            self._originals[key] = Original(subject=subject, geom=geom, boxes=[tuple(b) for b in boxes],
+                                            located=located, emb=emb,
                                             hog=utility.hog_features(arcface_crop(rgb, geom)), thumb=_thumb(rgb, geom),
                                             rgb_shape=rgb.shape)
             self._last_rgb = (key, rgb)
@@ -209,6 +233,9 @@ class Evaluator:
         groups: dict[tuple, Group] = {}
         configured = detector or _configured_detector(rows)
         second = utility.second_detector_for(configured) if self.second_detector == "auto" else self.second_detector
+        for name in (configured, second):
+            if name and name != "none" and name not in DETECTORS:
+                raise EvaluateError(f"unknown detector {name!r} (known: {', '.join(DETECTORS.names())}, or none)")
         per_run = Counter(r["run_id"] for r in rows if r["status"] in statuses)
 
         for r in sorted(rows, key=lambda r: (r["run_id"], r["input_uri"] or "")):
@@ -242,7 +269,7 @@ class Evaluator:
                 continue
             okey = (r["input_uri"], r["input_sha256"], tuple(tuple(b) for b in boxes))
             orig_rgb = self._original_rgb(okey, r["input_uri"])
-            emb = {rec.name: rec.embed(out, [orig.geom])[0] for rec in self.recognizers}
+            emb = {rec.name: rec.embed(out, orig.located[rec.name])[0] for rec in self.recognizers}
             dist = {n: float(np.linalg.norm(emb[n] - orig.emb[n])) for n in emb}
             found = [f.box for f in self.detector(configured).detect(out)]
             det2 = det2o = None
@@ -272,8 +299,8 @@ class Evaluator:
             "audit_uri": audit_uri,
             "run_ids": runs,
             "recognizers": [{"name": r.name, "dim": r.dim, "distance": "euclidean",
-                             "same_person_threshold": r.same_person_threshold, "used_by_checks": r.used_by_checks,
-                             "role": "deid's own checks" if r.used_by_checks else "independent attacker",
+                             "same_person_threshold": r.same_person_threshold, "used_by_checks": _checks(r),
+                             "role": "deid's own checks" if _checks(r) else "independent attacker",
                              "sha256": r.fingerprint} for r in self.recognizers],
             "detectors": {"configured": configured, "second": second if second and second != "none" else None,
                           "iou_match": utility.IOU_MATCH},
@@ -314,12 +341,9 @@ class Evaluator:
             o = np.array([x.emb[rec.name] for x in origs])
             a = np.array([m.emb[rec.name] for m in g.records])
             d = np.array([m.dist[rec.name] for m in g.records])
-            tm = attacks.threat_models(o, a, subjects, sources)
-            hits = tm["T1"].pop("hits_top1")
-            for k in ("T2", "T3"):
-                tm[k].pop("hits_top1")
-            tm["T1_classifier"] = attacks.classifier_t1(o, a, subjects)
-            per_subject = Counter(subjects[hits])
+            tm = {key: attack(o, a, subjects, sources) for key, attack in self.attacks}
+            hits = {key: res.pop("hits_top1", None) for key, res in tm.items()}  # counted, never written
+            per_subject = Counter(subjects[hits["T1"]])
             privacy[rec.name] = {
                 "identity_distance": _dist_summary(d),
                 "same_person_threshold": rec.same_person_threshold,
@@ -341,6 +365,10 @@ class Evaluator:
         return {"label": g.label, "run_id": g.run_id, "method": g.method, "params": g.params,
                 "n_records": len(g.records), "n_subjects": int(len(set(subjects))),
                 "privacy": privacy, "utility": util}
+
+
+def _checks(recognizer) -> bool:
+    return bool(getattr(recognizer, "used_by_checks", False))
 
 
 def _rate(flags: list[bool]) -> dict:

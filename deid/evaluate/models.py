@@ -39,11 +39,18 @@ class ModelMissing(FileNotFoundError):
     """The recognizer's weights are not where deid was told to look."""
 
 
-def mobilefacenet_path(path: str | os.PathLike | None = None) -> Path:
-    """The model file: ``path``, else ``$DEID_MOBILEFACENET``, else the cache. A missing file
-    is a :class:`ModelMissing` that names the path and how to get the file."""
+def mobilefacenet_location(path: str | os.PathLike | None = None) -> Path:
+    """Where the model file should be: ``path``, else ``$DEID_MOBILEFACENET``, else the cache
+    (not checked)."""
     given = path or os.environ.get(ENV)
-    p = Path(given) if given else CACHE_DIR / MODEL_NAME
+    return Path(given) if given else CACHE_DIR / MODEL_NAME
+
+
+def mobilefacenet_path(path: str | os.PathLike | None = None) -> Path:
+    """The model file (:func:`mobilefacenet_location`). A missing file is a
+    :class:`ModelMissing` that names the path and how to get the file."""
+    given = path or os.environ.get(ENV)
+    p = mobilefacenet_location(path)
     if not p.is_file():
         src = "given path" if given else "default cache path"
         raise ModelMissing(f"{p}: MobileFaceNet model file not found ({src}); {HOW_TO_GET}")

@@ -3,8 +3,9 @@
 * detection rate: the fraction of the original's faces (audit boxes) that a detector still
   finds on the output (a detection with IoU >= 0.3 with the original box). Measured with
   the run's configured detector and with a second, different one (dlib's CNN when the run
-  used HOG, HOG otherwise); for the second detector its rate on the *originals* is given
-  too, since its boxes were not the ones the run used.
+  used HOG, HOG otherwise; or any registered detector by name, with its default params); for the second detector its
+  rate on the *originals* is given too, since its boxes were not the ones the run used.
+  Detectors are built with :func:`deid.faces.make_detector` and :data:`DETECTOR_PARAMS`.
 * SSIM, PSNR, MSE (scikit-image) on the whole image and on the face box, RGB, data range 255.
 * Fréchet distance between feature sets of original and anonymized face crops. Features:
   HOG descriptors (scikit-image) of the 112x112 ArcFace-aligned grey crop, reduced by a PCA
@@ -46,17 +47,16 @@ def matched(boxes_found: list, boxes_orig: list) -> list[bool]:
     return [any(iou(tuple(o), tuple(f)) >= IOU_MATCH for f in boxes_found) for o in boxes_orig]
 
 
-def make_detector(name: str):
-    from deid.faces.dlib_backend import DlibDetector
-
-    if name == "dlib-hog":
-        return DlibDetector("dlib-hog", upsample=1)
-    if name == "dlib-cnn":
-        return DlibDetector("dlib-cnn", upsample=0)  # ~0.4 s per 250x250 image on one core
-    raise ValueError(f"unknown detector {name!r} (dlib-hog, dlib-cnn)")
+#: params the evaluation's detectors run with (``deid.faces.make_detector``), by backend; others
+#: run with their defaults
+DETECTOR_PARAMS = {
+    "dlib-hog": {"upsample": 1},
+    "dlib-cnn": {"upsample": 0},  # ~0.4 s per 250x250 image on one core
+}
 
 
 def second_detector_for(configured: str) -> str:
+    """The second detector of ``--second-detector auto``: dlib's CNN, or HOG when the run used the CNN."""
     return "dlib-hog" if configured == "dlib-cnn" else "dlib-cnn"
 
 
