@@ -192,3 +192,44 @@ def test_output_pixels_outside_faces_match_input(tmp_path):
     assert np.abs(a - b)[mask].max() == 0  # lossless PNG output: background identical
     x0, y0, x1, y1 = row.faces[0]["box"]
     assert np.abs(a - b)[y0:y1, x0:x1].mean() > 2  # and the face itself did change
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+@pytest.mark.parametrize("colour", [True, False])
+def test_high_bit_depth_data_keeps_its_exposure_and_its_face(tmp_path, bits, colour):
+    """10- and 12-bit samples in 16-bit PNG/TIFF files decode by their real range, not as
+    near-black (divided by 257), so the detector still finds the face."""
+    import cv2
+
+    from deid.faces import make_detector
+    from deid.io.decode import scale_to_8bit
+
+    face = np.asarray(Image.open(lfw_images()[0]).convert("RGB"))
+    if not colour:
+        face = np.asarray(Image.fromarray(face).convert("L"))
+    high = np.rint(face.astype(np.float64) * ((1 << bits) - 1) / 255.0).astype(np.uint16)
+    det = make_detector()
+    expect = np.asarray(Image.fromarray(face).convert("RGB"))
+    for ext in (".png", ".tiff"):
+        stored = high[..., ::-1] if colour else high  # OpenCV writes BGR
+        ok, buf = cv2.imencode(ext, stored)
+        assert ok
+        img = decode_image(buf.tobytes(), max_pixels=10**8, name=f"face{bits}{ext}")
+        assert img.rgb.dtype == np.uint8 and img.rgb.shape == expect.shape
+        # the exposure survives: at most one grey level of rounding from the 8-bit original
+        assert np.abs(img.rgb.astype(int) - expect.astype(int)).max() <= 1, (bits, ext)
+        assert len(det.detect(img.rgb)) == 1, (bits, ext, colour)
+    # the old rule (divide by 257) made 12-bit data near-black
+    assert scale_to_8bit(np.array([4095], np.uint16))[0] == 255
+    assert (np.array([4095]) / 257).max() < 16
+
+
+def test_full_range_48bit_png_decodes_like_its_8bit_original(tmp_path):
+    """A 16-bit-per-channel PNG with full-range data (the 8-bit photo times 257) decodes back
+    to that photo through the full-depth path."""
+    from hostile import _rgb16_png
+
+    face = Image.open(lfw_images()[0]).convert("RGB").crop((0, 0, 250, 200))
+    img = decode_image(_rgb16_png(face), max_pixels=10**8, name="rgb16.png")
+    assert img.rgb.shape == (200, 250, 3)
+    assert np.abs(img.rgb.astype(int) - np.asarray(face).astype(int)).max() <= 1

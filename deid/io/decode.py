@@ -6,7 +6,9 @@ Contract:
   decompression bomb costs a header read, not gigabytes;
 * EXIF orientation is applied, then the image is converted to 8-bit RGB:
   greyscale, palette, CMYK, RGBA/LA (alpha composited on white), 16-bit and 32-bit
-  integer and float modes are all accepted and converted;
+  integer and float modes are all accepted and converted; integer samples are scaled by
+  their real range (10-, 12-, 14- or 16-bit data in a 16-bit file: :func:`scale_to_8bit`),
+  and 16-bit colour PNG/TIFF is decoded at full depth (Pillow would keep the high bytes);
 * multi-frame files (animated GIF/WebP/PNG, multi-page TIFF): the first frame is used and
   ``frames`` says how many there were; nothing of the other frames is written out.
 
@@ -134,6 +136,50 @@ def _webp_truncated(data: bytes) -> bool:
     return False
 
 
+#: sample depths of real sensors and files: data in 16-bit containers is scaled by the smallest
+#: of these that holds its largest value (12-bit data: / 4095, not / 65535, which made it black)
+SAMPLE_BITS = (8, 10, 12, 14, 16)
+
+
+def scale_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """``uint8`` from integer samples, scaled by their real range: the smallest sample depth in
+    :data:`SAMPLE_BITS` that holds the largest value (10- and 12-bit data in 16-bit files)."""
+    hi = int(arr.max()) if arr.size else 0
+    bits = next((b for b in SAMPLE_BITS if hi < 1 << b), hi.bit_length())
+    if bits <= 8:
+        return np.clip(arr, 0, 255).astype(np.uint8)
+    return np.clip(np.rint(arr.astype(np.float64) * (255.0 / ((1 << bits) - 1))), 0, 255).astype(np.uint8)
+
+
+def _is_16bit_colour(im: Image.Image) -> bool:
+    """A 16-bit-per-channel colour PNG or TIFF, which Pillow opens as 8-bit RGB(A) by keeping
+    each sample's high byte (10/12-bit data then decodes to near-black). Read before load."""
+    if im.mode not in ("RGB", "RGBA") or not im.tile:
+        return False
+    args = im.tile[0].args
+    raw = args[0] if isinstance(args, tuple) else args
+    return isinstance(raw, str) and ";16" in raw
+
+
+def _decode_16bit_colour(data: bytes, im: Image.Image) -> Image.Image:
+    """The 16-bit colour image decoded at full depth (OpenCV), scaled by its real range, alpha
+    composited on white, EXIF orientation applied as Pillow would."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError("16-bit colour image that OpenCV cannot decode")
+    code = cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    out = Image.fromarray(scale_to_8bit(cv2.cvtColor(arr, code)), "RGBA" if arr.shape[2] == 4 else "RGB")
+    method = _TRANSPOSE.get(im.getexif().get(0x0112, 1))
+    return out.transpose(method) if method is not None else out
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
@@ -142,16 +188,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         rgba = im.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if mode.startswith("I;16") or mode == "I":  # integer samples: scaled by their real range
+        grey = scale_to_8bit(np.clip(np.asarray(im, dtype=np.int64), 0, None))
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "F":  # assume 0..1 if it looks like it, else 0..255
         arr = np.asarray(im, dtype=np.float64)
-        if mode.startswith("I;16"):
-            arr = arr / 257.0
-        elif mode == "I":
-            hi = float(arr.max()) if arr.size else 0.0
-            arr = arr / 257.0 if hi > 255 else arr
-        else:  # F: assume 0..1 if it looks like it, else 0..255
-            hi = float(np.nanmax(arr)) if arr.size else 0.0
-            arr = arr * 255.0 if hi <= 1.0 else arr
+        hi = float(np.nanmax(arr)) if arr.size else 0.0
+        arr = arr * 255.0 if hi <= 1.0 else arr
         grey = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX...
@@ -183,8 +226,12 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "") -> Decoded:
             fmt = im.format or "unknown"
             src_mode = im.mode
             im.seek(0)
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
+            if _is_16bit_colour(im):
+                src_mode += ";16"
+                im = _decode_16bit_colour(data, im)
+            else:
+                im.load()
+                im = ImageOps.exif_transpose(im) or im
             rgb = np.ascontiguousarray(np.asarray(_to_rgb(im), dtype=np.uint8))
     except DecodeError:
         raise
