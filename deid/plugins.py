@@ -98,6 +98,9 @@ class Plugin:
     needs: Needs = field(default_factory=Needs)
     model_files: Callable[[BaseModel], list[ModelFile]] | None = None
     module: str = ""
+    #: detectors: the model family (two detectors of one family miss the same faces; the
+    #: residual-face gate uses another family than the run's detector); default: the name
+    family: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -108,6 +111,8 @@ class Plugin:
             raise TypeError(f"plug-in {self.name!r}: params must be a pydantic model class")
         if not self.module:
             object.__setattr__(self, "module", getattr(self.factory, "__module__", "") or "")
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
 
     def build(self, params: BaseModel | dict | None = None, **context: Any) -> Any:
         """Validate ``params`` (a dict, a params instance or ``None`` for the defaults) and call
@@ -131,6 +136,7 @@ class Plugin:
             "name": self.name,
             "summary": self.summary,
             "module": self.module,
+            "family": self.family,
             "needs": {k: v for k, v in self.needs.__dict__.items()},
             "licence": {"code": self.licence.code, "weights": self.licence.weights,
                         "non_commercial": self.licence.non_commercial},

@@ -178,6 +178,7 @@ DETECTORS.register(Plugin(
                                    max_side=p.max_side),
     licence=DLIB_LICENCE,
     needs=Needs(landmarks="dlib5"),
+    family="hog",
     # HOG weights are compiled into dlib: the version identifies them.
     model_files=lambda p: _dlib_files(p, ModelFile("dlib-hog", f"builtin:dlib-{dlib.__version__}")),
     module=__name__,
@@ -190,6 +191,7 @@ DETECTORS.register(Plugin(
                                    max_side=p.max_side, model_path=p.model_path),
     licence=DLIB_LICENCE,
     needs=Needs(landmarks="dlib5", gpu=False),
+    family="mmod-cnn",
     model_files=lambda p: _dlib_files(p, ModelFile("dlib-mmod", p.model_path or dlib_model_path("dlib-mmod"))),
     module=__name__,
 ))

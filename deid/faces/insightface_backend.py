@@ -398,6 +398,7 @@ DETECTORS.register(Plugin(
     licence=Licence(code="MIT (insightface)", weights="insightface model packs: non-commercial research only",
                     non_commercial=True),
     needs=Needs(landmarks="arcface5", gpu=True),
+    family="scrfd",  # the packs ship SCRFD detectors
     # the checks use dlib, not the pack's recognizer
     model_files=lambda p: [ModelFile(f"insightface:{os.path.basename(path)}", path)
                            for path in [find_models(p.model_dir).detection]],

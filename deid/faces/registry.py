@@ -18,6 +18,15 @@ DETECTORS = Registry("detector", "deid.faces")
 #: the detector of a manifest that names none
 DEFAULT_DETECTOR = "dlib-hog"
 
+#: the residual-face gate's detector, by preference: the first of another model family than
+#: the run's detector (checks.residual_detector overrides)
+GATE_PREFERENCE = ("centerface", "dlib-hog")
+
+
+def default_gate(primary: str) -> str:
+    family = DETECTORS.get(primary).family
+    return next(n for n in GATE_PREFERENCE if n in DETECTORS and DETECTORS.get(n).family != family)
+
 
 def make_detector(cfg: Any = None, **overrides: Any):
     """Build the detector a manifest ``detect`` section (a validated section, a dict with
