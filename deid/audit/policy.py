@@ -3,7 +3,9 @@
 Contract: :func:`decide` is the only place that turns what happened to a record (its faces,
 the identity checks, the methods' facts) into ``released``, ``quarantined`` or ``dropped``.
 
-* no face found: ``checks.no_face``;
+* no face found (neither by the detector nor by the residual-face gate): ``checks.no_face``;
+* a face the residual-face gate found on the output is still there, unhandled (after its
+  rounds, or with ``checks.residual: quarantine``): quarantined;
 * any face failed its identity check: ``checks.on_fail``;
 * otherwise the record is released, except that faces whose noise came from the seeded test
   path (``test_mode``) are never released: they are quarantined, whatever the checks said.
@@ -26,10 +28,14 @@ class Decision:
     reason: str | None = None
 
 
-def decide(checks_cfg, n_faces: int, facts: list, checks: list, uri: str) -> Decision:
+def decide(checks_cfg, n_faces: int, facts: list, checks: list, uri: str, residual=None) -> Decision:
     """``checks_cfg``: the manifest's ``checks`` section; ``facts`` one FaceFacts per face;
-    ``checks`` one FaceCheck (or None where no check ran) per face."""
-    if n_faces == 0:
+    ``checks`` one FaceCheck (or None where no check ran) per face; ``residual`` the gate's
+    :class:`deid.audit.residual.GateResult` (None when the gate is off)."""
+    if residual is not None and residual.unresolved:
+        return Decision("quarantined", f"{uri}: {residual.unresolved} face(s) on the output that no anonymized region "
+                                       "covers (residual-face gate); quarantined, never released")
+    if n_faces == 0 and not (residual is not None and residual.handled):
         action = checks_cfg.no_face
     elif any(c is not None and not c.passed for c in checks):
         action = checks_cfg.on_fail

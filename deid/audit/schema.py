@@ -36,7 +36,16 @@ TIMINGS = pa.struct(
         ("detect_ms", pa.float32()),
         ("anonymize_ms", pa.float32()),
         ("check_ms", pa.float32()),
+        ("gate_ms", pa.float32()),
         ("write_ms", pa.float32()),
+    ]
+)
+
+RESIDUAL_FACE = pa.struct(
+    [
+        ("box", BOX),                       # found on the output by the residual-face gate, output pixels
+        ("det_score", pa.float32()),
+        ("action", pa.string()),            # anonymized | masked | quarantined | unresolved
     ]
 )
 
@@ -64,6 +73,8 @@ AUDIT_SCHEMA = pa.schema(
         ("dp_scope", pa.string()),
         ("dp_test_mode", pa.bool_()),        # DP methods: noise came from the seeded, non-DP test path
         ("min_id_distance", pa.float32()),
+        ("residual_detector", pa.string()),  # the gate's detector; null when checks.residual is off
+        ("residual_faces", pa.list_(RESIDUAL_FACE)),  # faces no anonymized region covered, and what was done
         ("timings", TIMINGS),
         ("processed_at", pa.timestamp("ms", tz="UTC")),
         ("tool_version", pa.string()),

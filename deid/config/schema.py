@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
 from deid.anonymize.registry import DEFAULT_METHOD, METHODS, is_dp, method_plugin
-from deid.faces.registry import DEFAULT_DETECTOR, DETECTORS
+from deid.faces.registry import DEFAULT_DETECTOR, DETECTORS, default_gate
 from deid.latent.registry import DEFAULT_BACKEND as DEFAULT_LATENT
 from deid.latent.registry import LATENT_MODELS
 from deid.plugins import validate_section
@@ -162,6 +162,22 @@ class ChecksConfig(_Section):
     on_fail: Literal["quarantine", "drop", "keep"] = "quarantine"
     no_face: Literal["quarantine", "drop", "keep"] = "quarantine"
     redetect: bool = Field(True, description="run the detector on the output to record still_detected")
+    residual: Literal["anonymize", "quarantine", "off"] = Field(
+        "anonymize", description="residual-face gate: a detector of another model family scans every output; a face "
+        "no anonymized region covers is anonymized (with the run's method, or mask for DP methods) and the output "
+        "scanned again, or the record quarantined, or (off) no scan. Runs whether checks.enabled is on or off")
+    residual_detector: SerializeAsAny[BaseModel] | None = Field(
+        None, description="the gate's detector (a detect section: backend and its params); default: the first of "
+        "centerface, dlib-hog of another family than detect.backend")
+    residual_rounds: int = Field(2, ge=1, le=5, description="anonymize-and-rescan rounds before a face the gate still "
+                                 "finds quarantines the record")
+    residual_coverage: float = Field(0.5, gt=0.0, le=1.0, description="a face the gate finds is covered when at least "
+                                     "this fraction of its box was changed by the anonymization")
+
+    @field_validator("residual_detector", mode="before")
+    @classmethod
+    def _gate_section(cls, v: Any) -> BaseModel | None:
+        return None if v is None else detect_section(v)
 
 
 class LicencesConfig(_Section):
@@ -235,6 +251,13 @@ class Manifest(_Section):
                                  "e.g. the gaussian mechanism, needs a delta budget)")
             if p.get("epsilon", 0.0) > self.privacy.max_epsilon:
                 raise ValueError("anonymize.params.epsilon exceeds privacy.max_epsilon: no face could ever be released")
+        gate = self.checks.residual_detector
+        if gate is not None and self.checks.residual != "off":
+            a, b = DETECTORS.get(self.detect.backend), DETECTORS.get(gate.backend)
+            if a.family == b.family:
+                raise ValueError(f"checks.residual_detector: {b.name} is of the same model family ({a.family}) as "
+                                 f"detect.backend {a.name}; the gate must be another family, or it misses the "
+                                 "same faces")
         for where, plugin in self.plugins_used():
             if plugin.licence.non_commercial and plugin.name not in self.licences.accept_non_commercial:
                 raise ValueError(
@@ -255,7 +278,17 @@ class Manifest(_Section):
         used = [("detect.backend", DETECTORS.get(self.detect.backend)), ("anonymize.method", method)]
         if method.needs.latent:
             used.append(("latent.backend", LATENT_MODELS.get(self.latent.backend)))
+        gate = self.gate_detector
+        if gate is not None:
+            used.append(("checks.residual_detector", DETECTORS.get(gate.backend)))
         return used
+
+    @property
+    def gate_detector(self) -> BaseModel | None:
+        """The residual-face gate's detect section (None when the gate is off)."""
+        if self.checks.residual == "off":
+            return None
+        return self.checks.residual_detector or detect_section(backend=default_gate(self.detect.backend))
 
     @property
     def audit_uri(self) -> str:

@@ -18,14 +18,28 @@ DETECTORS = Registry("detector", "deid.faces")
 #: the detector of a manifest that names none
 DEFAULT_DETECTOR = "dlib-hog"
 
-#: the residual-face gate's detector, by preference: the first of another model family than
-#: the run's detector (checks.residual_detector overrides)
-GATE_PREFERENCE = ("centerface", "dlib-hog")
+#: the residual-face gate's detector, by preference: the first whose weights are installed and
+#: whose model family differs from the run's detector (checks.residual_detector overrides)
+GATE_PREFERENCE = ("centerface", "dlib-hog", "dlib-cnn")
+
+
+def available(name: str) -> bool:
+    """Can the detector be built with its default params here (its model files are installed)?"""
+    plugin = DETECTORS.get(name)
+    try:
+        plugin.files()
+    except (FileNotFoundError, ValueError, ImportError):
+        return False
+    return True
 
 
 def default_gate(primary: str) -> str:
     family = DETECTORS.get(primary).family
-    return next(n for n in GATE_PREFERENCE if n in DETECTORS and DETECTORS.get(n).family != family)
+    for name in GATE_PREFERENCE:
+        if name in DETECTORS and DETECTORS.get(name).family != family and available(name):
+            return name
+    raise ValueError(f"no detector of another family than {primary} is installed for the residual-face gate; "
+                     "install deid[centerface], or set checks.residual_detector (or checks.residual: off)")
 
 
 def make_detector(cfg: Any = None, **overrides: Any):

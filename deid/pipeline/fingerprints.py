@@ -1,7 +1,7 @@
 """Fingerprints (sha256) of every model file a run uses, for the audit.
 
 The files come from the plug-ins' own declarations (``Plugin.model_files``): the detector's,
-then dlib's 5-point model where dlib places landmarks on faces of another detector (the
+the residual-face gate's detector's, then dlib's 5-point model where dlib places landmarks on faces of another detector (the
 identity check, dlib5 latent models), the check network, then the latent model.
 """
 
@@ -21,6 +21,10 @@ def _entry(f: ModelFile) -> dict:
 
 def model_fingerprints(manifest: Manifest) -> list[dict]:
     files = DETECTORS.get(manifest.detect.backend).files(manifest.detect)
+    gate = manifest.gate_detector
+    if gate is not None:
+        files += DETECTORS.get(gate.backend).files(gate)
+    files = list({f.name: f for f in files}.values())  # one entry per file name
     latent = needs_latent(manifest.anonymize.method)
     names = {f.name for f in files}
     if (manifest.checks.enabled or latent) and "dlib-shape5" not in names:

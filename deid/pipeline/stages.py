@@ -1,4 +1,4 @@
-"""The fused per-record stage: read -> decode -> detect -> reserve -> anonymize -> check -> decide -> write.
+"""The fused per-record stage: read -> decode -> detect -> reserve -> anonymize -> gate -> check -> decide -> write.
 
 :class:`ProcessRecords` is a Ray Data callable class (models load once, in ``__init__``)
 and also a plain callable: the Ray pipeline, the in-process engine and the tests all run
@@ -84,6 +84,7 @@ class ProcessRecords:
         if self.dp and budget is None:
             raise ValueError(f"method {self.m.anonymize.method} needs the budget service")
         self.budget = budget
+        self.gate = self._make_gate()
         self.checker = None
         if self.m.checks.enabled:
             from deid.faces.dlib_backend import DlibEmbedder
@@ -108,6 +109,19 @@ class ProcessRecords:
 
             self._io_pool = ThreadPoolExecutor(max_workers=self.m.run.write_threads, thread_name_prefix="deid-write")
         self._deferred: list | None = None
+
+    def _make_gate(self):
+        """The residual-face gate (deid.audit.residual), or None when checks.residual is off."""
+        section = self.m.gate_detector
+        if section is None:
+            return None
+        from deid.audit.residual import ResidualGate
+
+        # DP methods cannot take a face whose release was not reserved before the draw: mask it
+        own = None if self.dp else self.anonymizer
+        return ResidualGate(make_detector(section), mode=self.m.checks.residual, anonymizer=own,
+                            fallback=make_anonymizer("mask"), rounds=self.m.checks.residual_rounds,
+                            min_coverage=self.m.checks.residual_coverage, name=section.backend)
 
     # ------------------------------------------------------------------ batch API
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
@@ -181,9 +195,10 @@ class ProcessRecords:
         if spent is None:
             return
         out, facts = self.anonymize(rec, img.rgb, faces)
+        out, residual = self.scan(rec, img.rgb, out, faces)
         checks = self.check(rec, img.rgb, out, faces)
         self.record_faces(rec, faces, facts, checks, spent)
-        decision = decide(self.m.checks, len(faces), facts, checks, rec.uri)
+        decision = decide(self.m.checks, len(faces), facts, checks, rec.uri, residual)
         self.write(rec, decision, out, img.source_format)
 
     # ------------------------------------------------------------------ the steps
@@ -247,6 +262,16 @@ class ProcessRecords:
             out, facts = self.anonymizer(rgb, faces, self.rng) if faces else (rgb, [])
         rec.row.update(FaceFacts.record_fields(facts, self.anonymizer.dp_scope, self.dp))
         return out, facts
+
+    def scan(self, rec: Record, rgb: np.ndarray, out: np.ndarray, faces: list):
+        """The residual-face gate on the output: faces the detector missed are handled here
+        (deid.audit.residual); returns the output and the gate's result (None when off)."""
+        if self.gate is None:
+            return out, None
+        with rec.timed("gate_ms"):
+            res = self.gate.scan(rgb, out, faces, self.rng)
+        rec.row.update(residual_detector=self.gate.name, residual_faces=[f.row() for f in res.found])
+        return res.image, res
 
     def check(self, rec: Record, rgb: np.ndarray, out: np.ndarray, faces: list) -> list:
         with rec.timed("check_ms"):

@@ -22,6 +22,7 @@ from deid.audit.schema import STATUSES
 class Tally:
     faces: int = 0
     distances: list = field(default_factory=list)
+    residual: Counter = field(default_factory=Counter)  # residual-face gate: action -> faces
 
 
 def consume(results, expected, seen, writer, counts, bar, on_batch, tally: Tally) -> None:
@@ -37,10 +38,14 @@ def consume(results, expected, seen, writer, counts, bar, on_batch, tally: Tally
         tally.faces += int(pc.sum(table.column("n_faces")).as_py() or 0)
         flat = pc.list_flatten(table.column("faces"))
         tally.distances += [d for d in pc.struct_field(flat, "id_distance").to_pylist() if d is not None]
+        tally.residual.update(pc.struct_field(pc.list_flatten(table.column("residual_faces")), "action").to_pylist())
         if on_batch:
             on_batch(table)
         bar.update(table.num_rows)
-        bar.set_postfix({k: counts[k] for k in STATUSES if counts[k]}, refresh=False)
+        post = {k: counts[k] for k in STATUSES if counts[k]}
+        if tally.residual:
+            post["residual"] = sum(tally.residual.values())
+        bar.set_postfix(post, refresh=False)
 
 
 
@@ -58,6 +63,8 @@ def run_summary(*, run_id: str, ctx, manifest, inputs: int, rows_written: int, c
         "audit_rows": rows_written,
         "counts": {k: counts.get(k, 0) for k in STATUSES},
         "faces": tally.faces,
+        # faces the residual-face gate found on outputs that no anonymized region covered, by action
+        "residual_faces": {a: tally.residual.get(a, 0) for a in ("anonymized", "masked", "quarantined", "unresolved")},
         "id_distance": {
             "min": min(distances) if distances else None,
             "median": statistics.median(distances) if distances else None,
