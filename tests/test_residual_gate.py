@@ -149,3 +149,33 @@ def test_the_gate_is_another_model_family_than_the_detector():
     assert "checks.residual_detector.upsample" in str(exc.value)
     off = manifest_from_dict(base_manifest(Path("/in"), Path("/tmp/x"), checks={"residual": "off"}))
     assert off.gate_detector is None
+
+
+def test_a_tiny_background_face_is_masked_and_its_check_marked_not_applicable(tmp_path):
+    """A face below checks.min_face_px is too small for the identity check to judge: it is
+    masked (irreversible) instead of blurred, its check is not applicable, and it does not
+    quarantine the photo."""
+    face = np.asarray(Image.open(lfw_images()[2]).convert("RGB"))
+    canvas = np.full((400, 500, 3), 120, np.uint8)
+    canvas[50:300, 0:250] = face
+    canvas[100:150, 380:430] = np.asarray(Image.fromarray(face).resize((50, 50), Image.LANCZOS))  # ~19 px face
+    path = tmp_path / "background.png"
+    Image.fromarray(canvas).save(path)
+    for treatment in ("mask", "pixelate"):
+        m = manifest_from_dict(base_manifest(tmp_path / "in", tmp_path / treatment, output={"format": "png"},
+                                             detect={"upsample": 2}, checks={"small_face": treatment},
+                                             run={"write_threads": 0}))
+        stage = ProcessRecords(m.model_dump(mode="json"), RunContext("run", "cfg", "key").__dict__)
+        row, out = _run(stage, path)
+        assert row["status"] == "released" and row["n_faces"] == 2
+        tiny, big = sorted(row["faces"], key=lambda f: f["box"][2] - f["box"][0])
+        assert tiny["box"][2] - tiny["box"][0] < m.checks.min_face_px <= big["box"][2] - big["box"][0]
+        assert tiny["check"] == "not_applicable" and tiny["id_distance"] is None and tiny["passed"] is None
+        assert big["check"] == "measured" and big["passed"]
+        x0, y0, x1, y1 = tiny["box"]
+        patch = out[y0:y1, x0:x1].reshape(-1, 3)
+        if treatment == "mask":
+            assert (patch == 0).all()
+        else:  # 4 x 4 cells over the grown region: a handful of flat colours
+            assert len(np.unique(patch, axis=0)) <= 9
+        assert _covered(canvas, out, big["box"]) > 0.9

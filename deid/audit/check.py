@@ -20,9 +20,15 @@ from deid.faces.types import Face, iou
 
 @dataclass(frozen=True)
 class FaceCheck:
-    id_distance: float
+    id_distance: float | None
     still_detected: bool | None
-    passed: bool
+    passed: bool | None
+    applicable: bool = True
+
+
+#: a face too small for the recognizer to judge (``checks.min_face_px``): it got an
+#: irreversible treatment instead, and no distance is claimed for it
+NOT_APPLICABLE = FaceCheck(id_distance=None, still_detected=None, passed=None, applicable=False)
 
 
 class IdentityChecker:

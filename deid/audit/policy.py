@@ -6,7 +6,8 @@ the identity checks, the methods' facts) into ``released``, ``quarantined`` or `
 * no face found (neither by the detector nor by the residual-face gate): ``checks.no_face``;
 * a face the residual-face gate found on the output is still there, unhandled (after its
   rounds, or with ``checks.residual: quarantine``): quarantined;
-* any face failed its identity check: ``checks.on_fail``;
+* any face failed its identity check: ``checks.on_fail`` (a face too small for the check,
+  ``checks.min_face_px``, was treated irreversibly and has no verdict);
 * otherwise the record is released, except that faces whose noise came from the seeded test
   path (``test_mode``) are never released: they are quarantined, whatever the checks said.
 
@@ -37,7 +38,7 @@ def decide(checks_cfg, n_faces: int, facts: list, checks: list, uri: str, residu
                                        "covers (residual-face gate); quarantined, never released")
     if n_faces == 0 and not (residual is not None and residual.handled):
         action = checks_cfg.no_face
-    elif any(c is not None and not c.passed for c in checks):
+    elif any(c is not None and c.passed is False for c in checks):  # not applicable: no verdict
         action = checks_cfg.on_fail
     else:
         action = "keep"

@@ -13,7 +13,8 @@ published untouched (or one that appeared where nothing was anonymized).
 
 * ``anonymize`` (default): residual faces are anonymized on the output with the run's method
   (with ``mask`` when the method cannot take them: DP methods, whose every release must be
-  reserved in the ledger before it is drawn), and the output is scanned again, at most
+  reserved in the ledger before it is drawn; faces narrower than ``checks.min_face_px`` get the
+  run's small-face treatment, recorded as ``masked``), and the output is scanned again, at most
   ``checks.residual_rounds`` times. Faces still found after the last round are ``unresolved``:
   the policy quarantines the record.
 * ``quarantine``: a residual face quarantines the record; nothing else is done to it.
@@ -81,7 +82,7 @@ def anonymized_mask(original: np.ndarray, out: np.ndarray, boxes) -> np.ndarray:
 
 class ResidualGate:
     def __init__(self, detector, mode: str = "anonymize", anonymizer=None, fallback=None, rounds: int = 2,
-                 min_coverage: float = 0.5, name: str = ""):
+                 min_coverage: float = 0.5, name: str = "", small: tuple[int, object] | None = None):
         if mode not in ("anonymize", "quarantine"):
             raise ValueError(f"residual gate mode must be anonymize or quarantine, got {mode!r}")
         self.detector = detector
@@ -91,6 +92,8 @@ class ResidualGate:
         self.rounds = int(rounds)
         self.min_coverage = float(min_coverage)
         self.name = name
+        # (min_face_px, treatment): faces narrower than that get the run's small-face treatment
+        self.small = small
 
     def residual(self, original: np.ndarray, out: np.ndarray, boxes) -> list[Face]:
         """Faces on ``out`` that the anonymization of ``boxes`` in ``original`` did not cover."""
@@ -106,11 +109,18 @@ class ResidualGate:
         if self.mode == "quarantine":
             return GateResult(out, tuple(ResidualFace(f.box, f.score, "quarantined") for f in faces))
         method, action = (self.anonymizer, "anonymized") if self.anonymizer is not None else (self.fallback, "masked")
+        min_px, treat = self.small or (0, None)
         for _ in range(self.rounds):
             if not faces:
                 break
-            out, _facts = method(out, faces, rng)
-            found += [ResidualFace(f.box, f.score, action) for f in faces]
+            tiny = [f for f in faces if f.width < min_px]
+            big = [f for f in faces if f.width >= min_px]
+            if big:
+                out, _facts = method(out, big, rng)
+            if tiny:
+                out, _facts = treat(out, tiny, rng)
+            found += [ResidualFace(f.box, f.score, action) for f in big]
+            found += [ResidualFace(f.box, f.score, "masked") for f in tiny]
             boxes += [f.box for f in faces]
             faces = self.residual(original, out, boxes)
         found += [ResidualFace(f.box, f.score, "unresolved") for f in faces]

@@ -162,6 +162,12 @@ class ChecksConfig(_Section):
     on_fail: Literal["quarantine", "drop", "keep"] = "quarantine"
     no_face: Literal["quarantine", "drop", "keep"] = "quarantine"
     redetect: bool = Field(True, description="run the detector on the output to record still_detected")
+    min_face_px: int = Field(
+        24, ge=0, le=512, description="faces narrower than this (px) are too small for the identity check to judge: "
+        "they get small_face (irreversible) instead of the method, and their check is recorded not_applicable "
+        "(bench/min_face.py, docs/benchmarks.md); 0: off")
+    small_face: Literal["mask", "pixelate"] = Field(
+        "mask", description="the irreversible treatment of faces below min_face_px: a solid mask, or 4 x 4 pixelation")
     residual: Literal["anonymize", "quarantine", "off"] = Field(
         "anonymize", description="residual-face gate: a detector of another model family scans every output; a face "
         "no anonymized region covers is anonymized (with the run's method, or mask for DP methods) and the output "

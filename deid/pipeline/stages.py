@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from deid.anonymize import is_dp, make_anonymizer
-from deid.audit.check import IdentityChecker
+from deid.audit.check import NOT_APPLICABLE, IdentityChecker
 from deid.audit.policy import Decision, decide
 from deid.audit.rows import RunContext, face_row, now, record_row
 from deid.audit.schema import AUDIT_SCHEMA
@@ -39,6 +39,12 @@ from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, reso
 from deid.privacy.service import call
 
 __all__ = ["ProcessRecords", "RunContext"]
+
+
+def _merge(is_b: list[bool], a: list, b: list) -> list:
+    """Interleave ``a`` (where ``is_b`` is False) and ``b`` (where True) back into one list."""
+    ia, ib = iter(a), iter(b)
+    return [next(ib) if flag else next(ia) for flag in is_b]
 
 
 def _ms(t0: float) -> float:
@@ -57,6 +63,7 @@ class Record:
     written: dict | None = None     # what was written, for the budget service (a retry may adopt it)
     scheduled: bool = False         # its write runs in the batch's I/O pool
     timings: dict = field(default_factory=dict)
+    small: list[bool] = field(default_factory=list)  # per face: below checks.min_face_px
 
     @property
     def uri(self) -> str:
@@ -84,6 +91,10 @@ class ProcessRecords:
         if self.dp and budget is None:
             raise ValueError(f"method {self.m.anonymize.method} needs the budget service")
         self.budget = budget
+        # faces too small for the identity check get an irreversible treatment instead
+        self.min_face_px = self.m.checks.min_face_px
+        self.small_face = make_anonymizer("mask") if self.m.checks.small_face == "mask" else \
+            make_anonymizer("pixelate", {"blocks": 4})
         self.gate = self._make_gate()
         self.checker = None
         if self.m.checks.enabled:
@@ -121,7 +132,8 @@ class ProcessRecords:
         own = None if self.dp else self.anonymizer
         return ResidualGate(make_detector(section), mode=self.m.checks.residual, anonymizer=own,
                             fallback=make_anonymizer("mask"), rounds=self.m.checks.residual_rounds,
-                            min_coverage=self.m.checks.residual_coverage, name=section.backend)
+                            min_coverage=self.m.checks.residual_coverage, name=section.backend,
+                            small=(self.min_face_px, self.small_face))
 
     # ------------------------------------------------------------------ batch API
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
@@ -234,6 +246,7 @@ class ProcessRecords:
         with rec.timed("detect_ms"):
             faces = self.detector.detect(rgb)
         rec.row["n_faces"] = len(faces)
+        rec.small = [f.width < self.min_face_px for f in faces]
         return faces
 
     def reserve(self, rec: Record, img, faces: list) -> list | None:
@@ -241,9 +254,10 @@ class ProcessRecords:
         nothing). Returns each face's subject spend after this release; None when the record
         is final: withheld (``budget_exhausted``), or a retried record whose earlier output
         was adopted."""
-        if not self.dp or not faces:
+        charged = [f for f, small in zip(faces, rec.small) if not small]  # small faces are masked: no draw
+        if not self.dp or not charged:
             return [None] * len(faces)
-        args = (self.ctx.run_id, rec.row["record_id"], rec.subject_key, img.sha256, [f.box for f in faces],
+        args = (self.ctx.run_id, rec.row["record_id"], rec.subject_key, img.sha256, [f.box for f in charged],
                 self.anonymizer.release)
         res = call(self.budget, "reserve", *args)
         if res.get("adopt"):
@@ -255,13 +269,18 @@ class ProcessRecords:
                            faces=[face_row(f) for f in faces])
             return None
         rec.token = res["token"]  # from here on the draw is charged
-        return res["spent_after"]
+        return _merge(rec.small, res["spent_after"], [None] * (len(faces) - len(charged)))
 
     def anonymize(self, rec: Record, rgb: np.ndarray, faces: list) -> tuple[np.ndarray, list[FaceFacts]]:
+        """The run's method on the faces the check can judge, the irreversible small-face
+        treatment on the others; one FaceFacts per face, in the faces' order."""
+        big = [f for f, small in zip(faces, rec.small) if not small]
+        tiny = [f for f, small in zip(faces, rec.small) if small]
         with rec.timed("anonymize_ms"):
-            out, facts = self.anonymizer(rgb, faces, self.rng) if faces else (rgb, [])
+            out, facts = self.anonymizer(rgb, big, self.rng) if big else (rgb, [])
+            out, small_facts = self.small_face(out, tiny, self.rng) if tiny else (out, [])
         rec.row.update(FaceFacts.record_fields(facts, self.anonymizer.dp_scope, self.dp))
-        return out, facts
+        return out, _merge(rec.small, facts, small_facts)
 
     def scan(self, rec: Record, rgb: np.ndarray, out: np.ndarray, faces: list):
         """The residual-face gate on the output: faces the detector missed are handled here
@@ -274,12 +293,18 @@ class ProcessRecords:
         return res.image, res
 
     def check(self, rec: Record, rgb: np.ndarray, out: np.ndarray, faces: list) -> list:
+        """The identity check of each face (None when checks are off; NOT_APPLICABLE for faces
+        below checks.min_face_px)."""
+        if not self.checker:
+            return [None] * len(faces)
+        big = [f for f, small in zip(faces, rec.small) if not small]
         with rec.timed("check_ms"):
-            return self.checker.check(rgb, out, faces) if (self.checker and faces) else [None] * len(faces)
+            checks = self.checker.check(rgb, out, big) if big else []
+        return _merge(rec.small, checks, [NOT_APPLICABLE] * (len(faces) - len(big)))
 
     def record_faces(self, rec: Record, faces: list, facts: list, checks: list, spent: list) -> None:
         rec.row["faces"] = [face_row(*entry) for entry in zip(faces, facts, checks, spent)]
-        dists = [c.id_distance for c in checks if c is not None]
+        dists = [c.id_distance for c in checks if c is not None and c.id_distance is not None]
         rec.row["min_id_distance"] = min(dists) if dists else None
 
     def write(self, rec: Record, decision: Decision, out: np.ndarray, source_format: str | None) -> None:
@@ -356,11 +381,13 @@ class ProcessRecords:
             return False
         out = decode_image(blob, max_pixels=self.m.run.max_pixels, name=a["output_uri"]).rgb
         rec.timings["write_ms"] = _ms(t)
-        checks = self.checker.check(rgb, out, faces) if self.checker else [None] * len(faces)
+        checks = self.check(rec, rgb, out, faces)
         released = FaceFacts(method=self.anonymizer.name, scope=self.anonymizer.dp_scope, dp=self.anonymizer.release,
                              test_mode=bool(a.get("dp_test_mode")))  # what the earlier attempt released
-        facts = [released] * len(faces)
-        self.record_faces(rec, faces, facts, checks, res["spent_after"])
+        n_small = sum(rec.small)
+        facts = _merge(rec.small, [released] * (len(faces) - n_small), [FaceFacts(method=self.small_face.name)] * n_small)
+        spent = _merge(rec.small, res["spent_after"], [None] * n_small)
+        self.record_faces(rec, faces, facts, checks, spent)
         rec.row.update(status=a["status"], output_uri=a["output_uri"], output_sha256=a["output_sha256"],
                        dp_test_mode=a.get("dp_test_mode"))
         return True
