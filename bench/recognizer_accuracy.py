@@ -24,6 +24,9 @@ from deid.evaluate.recognizers import Landmarker
 from deid.evaluate.registry import RECOGNIZERS, make_recognizer
 from deid.faces import make_detector
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from min_face import make_pairs, tenfold  # noqa: E402 - the same pair protocol, one copy
+
 
 def main(root: Path) -> None:
     paths = sorted(root.glob("*/*.jpg"))
@@ -43,28 +46,12 @@ def main(root: Path) -> None:
             embs[r.name].append(r.embed(rgb, r.locate(rgb, [g]))[0])
     print(f"{len(labels)} faces of {len(set(labels))} subjects ({len(paths)} files) in {time.perf_counter() - t0:.0f} s")
     labels = np.array(labels)
-    n = len(labels)
-    iu = np.triu_indices(n, 1)
-    same = labels[iu[0]] == labels[iu[1]]
-    pos = np.flatnonzero(same)
-    rng = np.random.default_rng(0)
-    neg = rng.choice(np.flatnonzero(~same), size=len(pos), replace=False)
-    pairs = np.concatenate([pos, neg])
-    y = np.concatenate([np.ones(len(pos), bool), np.zeros(len(neg), bool)])
-    folds = rng.permutation(len(pairs)) % 10
-    print(f"{len(pos)} same-subject pairs, {len(neg)} different-subject pairs, 10 folds")
+    i, j, y, folds = make_pairs(labels)  # the protocol bench/min_face.py measures against face width
+    print(f"{int(y.sum())} same-subject pairs, {int((~y).sum())} different-subject pairs, 10 folds")
     print(f"{'recognizer':<16} {'accuracy':>16} {'threshold':>16}")
     for r in recs:
         e = np.array(embs[r.name])
-        d = r.distance(e[iu[0][pairs]], e[iu[1][pairs]])
-        cand = np.unique(d)
-        accs, ths = [], []
-        for k in range(10):
-            tr, te = folds != k, folds == k
-            acc_tr = [((d[tr] < t) == y[tr]).mean() for t in cand]
-            t = cand[int(np.argmax(acc_tr))]
-            ths.append(t)
-            accs.append(((d[te] < t) == y[te]).mean())
+        accs, ths = tenfold(r.distance(e[i], e[j]), y, folds)
         print(f"{r.name:<16} {np.mean(accs):>9.4f} +- {np.std(accs):.4f} {np.mean(ths):>9.3f} +- {np.std(ths):.3f}")
 
 

@@ -216,7 +216,8 @@ def detected(request, tmp_path_factory, detect_photos):
 def test_detector_interface(detected):
     plugin, det, single, batch = detected
     assert isinstance(det, Detector)
-    assert det.landmark_layout == plugin.needs.landmarks, "Needs.landmarks declares the detector's layout"
+    # Needs.landmarks declares the detector's layout; None: "mixed", each face says its own
+    assert det.landmark_layout == (plugin.needs.landmarks or "mixed")
     assert set(batch) == set(single)
 
 
@@ -233,7 +234,10 @@ def test_detector_faces(detected, detect_photos, photo):
         assert all(isinstance(v, (int, np.integer)) for v in f.box), f.box
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, (f.box, (w, h))
         assert np.isfinite(f.score)
-        assert f.landmark_layout == det.landmark_layout == plugin.needs.landmarks
+        if plugin.needs.landmarks:
+            assert f.landmark_layout == det.landmark_layout == plugin.needs.landmarks
+        else:  # a mixed detector (the ensemble): each face in a real layout of its own
+            assert isinstance(f.landmark_layout, str) and f.landmark_layout not in ("", "mixed")
         pts = np.asarray(f.landmarks5, dtype=np.float64)
         assert pts.shape == (5, 2) and np.isfinite(pts).all()
         sx, sy = LANDMARK_SLACK * (x1 - x0), LANDMARK_SLACK * (y1 - y0)

@@ -20,7 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
 from deid.anonymize.registry import DEFAULT_METHOD, METHODS, is_dp, method_plugin
-from deid.faces.registry import DEFAULT_DETECTOR, DETECTORS, default_gate
+from deid.faces.registry import DEFAULT_DETECTOR, DETECTORS, default_gate, families
+from deid.faces.registry import members as detector_members
 from deid.latent.registry import DEFAULT_BACKEND as DEFAULT_LATENT
 from deid.latent.registry import LATENT_MODELS
 from deid.plugins import validate_section
@@ -162,8 +163,11 @@ class ChecksConfig(_Section):
     on_fail: Literal["quarantine", "drop", "keep"] = "quarantine"
     no_face: Literal["quarantine", "drop", "keep"] = "quarantine"
     redetect: bool = Field(True, description="run the detector on the output to record still_detected")
+    # Default by measurement (bench/min_face.py, docs/benchmarks.md): from 32 px wide (dlib HOG box)
+    # both dlib's ResNet and MobileFaceNet stay within 2 points of their full-size accuracy on
+    # lfw-dev pairs; at 24 px dlib has lost 2.7 points, and both fall steeply below.
     min_face_px: int = Field(
-        24, ge=0, le=512, description="faces narrower than this (px) are too small for the identity check to judge: "
+        32, ge=0, le=512, description="faces narrower than this (px) are too small for the identity check to judge: "
         "they get small_face (irreversible) instead of the method, and their check is recorded not_applicable "
         "(bench/min_face.py, docs/benchmarks.md); 0: off")
     small_face: Literal["mask", "pixelate"] = Field(
@@ -259,11 +263,11 @@ class Manifest(_Section):
                 raise ValueError("anonymize.params.epsilon exceeds privacy.max_epsilon: no face could ever be released")
         gate = self.checks.residual_detector
         if gate is not None and self.checks.residual != "off":
-            a, b = DETECTORS.get(self.detect.backend), DETECTORS.get(gate.backend)
-            if a.family == b.family:
-                raise ValueError(f"checks.residual_detector: {b.name} is of the same model family ({a.family}) as "
-                                 f"detect.backend {a.name}; the gate must be another family, or it misses the "
-                                 "same faces")
+            shared = families(self.detect) & families(gate)
+            if shared:
+                raise ValueError(f"checks.residual_detector: {gate.backend} is of the same model family "
+                                 f"({', '.join(sorted(shared))}) as detect.backend {self.detect.backend}; the gate "
+                                 "must be another family, or it misses the same faces")
         for where, plugin in self.plugins_used():
             if plugin.licence.non_commercial and plugin.name not in self.licences.accept_non_commercial:
                 raise ValueError(
@@ -282,6 +286,8 @@ class Manifest(_Section):
         """``(manifest field, Plugin)`` of every plug-in this job runs."""
         method = method_plugin(self.anonymize.method)
         used = [("detect.backend", DETECTORS.get(self.detect.backend)), ("anonymize.method", method)]
+        used += [("detect.members", DETECTORS.get(m["backend"])) for m in detector_members(self.detect)
+                 if m["backend"] != self.detect.backend]
         if method.needs.latent:
             used.append(("latent.backend", LATENT_MODELS.get(self.latent.backend)))
         gate = self.gate_detector
@@ -294,7 +300,7 @@ class Manifest(_Section):
         """The residual-face gate's detect section (None when the gate is off)."""
         if self.checks.residual == "off":
             return None
-        return self.checks.residual_detector or detect_section(backend=default_gate(self.detect.backend))
+        return self.checks.residual_detector or detect_section(backend=default_gate(self.detect))
 
     @property
     def audit_uri(self) -> str:

@@ -20,7 +20,7 @@ DEFAULT_DETECTOR = "dlib-hog"
 
 #: the residual-face gate's detector, by preference: the first whose weights are installed and
 #: whose model family differs from the run's detector (checks.residual_detector overrides)
-GATE_PREFERENCE = ("centerface", "dlib-hog", "dlib-cnn")
+GATE_PREFERENCE = ("centerface", "blazeface", "mtcnn", "dlib-hog", "dlib-cnn")
 
 
 def available(name: str) -> bool:
@@ -33,13 +33,26 @@ def available(name: str) -> bool:
     return True
 
 
-def default_gate(primary: str) -> str:
-    family = DETECTORS.get(primary).family
+def members(section: Any) -> list[Any]:
+    """The detect sections a detect section runs: its ``members`` (an ensemble), or itself."""
+    d = section if isinstance(section, dict) else section.model_dump()
+    return [m for sub in d["members"] for m in members(sub)] if d.get("members") else [d]
+
+
+def families(section: Any) -> set[str]:
+    """The model families a detect section runs (an ensemble: its members')."""
+    return {DETECTORS.get(m.get("backend") or DEFAULT_DETECTOR).family for m in members(section)}
+
+
+def default_gate(primary: Any) -> str:
+    """The gate's detector for a run whose detect section (or backend name) is ``primary``."""
+    used = families({"backend": primary} if isinstance(primary, str) else primary)
     for name in GATE_PREFERENCE:
-        if name in DETECTORS and DETECTORS.get(name).family != family and available(name):
+        if name in DETECTORS and DETECTORS.get(name).family not in used and available(name):
             return name
-    raise ValueError(f"no detector of another family than {primary} is installed for the residual-face gate; "
-                     "install deid[centerface], or set checks.residual_detector (or checks.residual: off)")
+    raise ValueError(f"no installed detector is of another family than the run's ({', '.join(sorted(used))}) "
+                     "for the residual-face gate; install deid[centerface], or set checks.residual_detector "
+                     "(or checks.residual: off)")
 
 
 def make_detector(cfg: Any = None, **overrides: Any):

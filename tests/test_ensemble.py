@@ -1,0 +1,57 @@
+"""The ensemble detector: members of different families, rotated views, weighted box fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from conftest import lfw_images
+from deid.faces import Face, iou, make_detector
+from deid.faces.ensemble import fuse
+from test_residual_gate import SELFIE, SELFIE_FACES
+
+
+def test_the_default_ensemble_finds_every_face_of_the_selfie():
+    rgb = np.asarray(Image.open(SELFIE).convert("RGB"))
+    faces = make_detector({"backend": "ensemble"}).detect(rgb)
+    for truth in SELFIE_FACES:
+        assert max(iou(truth, f.box) for f in faces) >= 0.5, truth
+    assert len(faces) == len(SELFIE_FACES)  # fused: one box per face, no duplicates
+    assert {f.landmark_layout for f in faces} <= {"dlib5", "arcface5"}
+
+
+def test_a_rotated_view_maps_faces_back_to_input_pixels():
+    """dlib HOG misses a face lying on its side; the ensemble's rot270 view stands it up, and
+    the face comes back at its place in the input: where the upright face's box, rotated, is."""
+    upright = np.asarray(Image.open(lfw_images()[0]).convert("RGB"))
+    h, w = upright.shape[:2]
+    lying = np.ascontiguousarray(np.rot90(upright))  # 90 degrees counter-clockwise
+    hog = make_detector({"backend": "dlib-hog"})
+    assert hog.detect(lying) == []
+    (ref,) = hog.detect(upright)
+    x0, y0, x1, y1 = ref.box  # rot90 CCW maps (x, y) -> (y, w - x)
+    expect = (y0, w - x1, y1, w - x0)
+    faces = make_detector({"backend": "ensemble", "members": [{"backend": "dlib-hog"}], "tta": ["rot270"]}).detect(lying)
+    assert len(faces) == 1 and iou(faces[0].box, expect) > 0.9, (faces[0].box, expect)
+    pts = ref.landmarks5
+    assert np.abs(faces[0].landmarks5 - np.stack([pts[:, 1], w - pts[:, 0]], 1)).max() < 2.0
+
+
+_box = st.tuples(st.integers(0, 300), st.integers(0, 300), st.integers(5, 120), st.integers(5, 120)).map(
+    lambda t: (t[0], t[1], t[0] + t[2], t[1] + t[3]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_box, st.floats(0.01, 1.0), st.integers(0, 2)), max_size=12), st.floats(0.1, 0.9))
+def test_fusion_keeps_every_detection_covered_and_merges_only_overlaps(dets, threshold):
+    found = [(Face(box=b, score=s, landmarks5=np.zeros((5, 2))), m, "") for b, s, m in dets]
+    fused = fuse(found, threshold)
+    assert len(fused) <= len(found)
+    # recall first: every detection belongs to some fused face it overlaps
+    for f, _, _ in found:
+        assert any(iou(f.box, g.box) > 0 for g in fused)
+    # fused faces that survive are not the same face twice at the fusion threshold, seen from their seeds
+    assert all(g.score in {s for _, s, _ in dets} for g in fused)
+    assert len(fuse(found, threshold, min_votes=len({m for _, _, m in dets}) + 1)) == 0
