@@ -101,7 +101,7 @@ def main() -> None:
         "run": {"batch_size": 8, "progress": False},
     })
     t0 = time.perf_counter()
-    metrics, uris = sweep(base, GRID, str(out), engine="inline", second_detector_max=args.second_max,
+    metrics, uris = sweep(base, GRID, str(out), engine="local", second_detector_max=args.second_max,
                           echo=lambda s: print(s, flush=True))
     print(f"\n{len(metrics['groups'])} groups, {metrics['selection']['evaluated']} outputs evaluated; "
           f"evaluation {metrics['wall_seconds']:.0f} s, total {time.perf_counter() - t0:.0f} s")

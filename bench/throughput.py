@@ -8,7 +8,7 @@ Modes, all measured in this one process, one after the other, on the same files:
 
   (a) ray, checks off   run_job(engine="ray"), embedded local Ray, actors = cpus, blur
   (b) ray, checks on    the same with the identity check (dlib ResNet-128 + re-detection)
-  (c) inline            ProcessRecords built directly in this process (as engine.inline_results
+  (c) inline            ProcessRecords built directly in this process (as engine.local_results
                         does), checks off: the same per-record work as (a), no Ray
   (d) inline, checks on extra context row: the same work as (b), no Ray
 

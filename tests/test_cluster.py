@@ -190,7 +190,7 @@ def test_job_on_a_two_node_cluster_matches_a_local_run(cluster, s3, tmp_path, mo
     s3fs.S3FileSystem.clear_instance_cache()
     try:
         local = manifest_from_dict(_manifest(src, dst, "local", tmp_path / "local-ledger.sqlite", ""))
-        res = run_job(local, engine="inline", progress=False)
+        res = run_job(local, engine="local", progress=False)
         stdout, stderr = proc.communicate(timeout=240)
         assert proc.returncode == 0, stderr[-4000:]
         summary_text, _, inspect = stdout.partition("@@inspect@@")

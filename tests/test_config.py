@@ -146,7 +146,7 @@ def test_non_commercial_weights_need_the_users_acknowledgement():
     msg = " ".join(errs.values())
     assert "insightface" in msg and "non-commercial" in msg and "licences.accept_non_commercial" in msg
     ok = manifest_from_dict({**job, "licences": {"accept_non_commercial": ["insightface"]}})
-    assert [p.name for _, p in ok.plugins_used()] == ["insightface", "blur"]
+    assert [p.name for _, p in ok.plugins_used()] == ["insightface", "blur", "centerface"]  # + the gate
     assert ok.config_sha256() != manifest_from_dict({**MINIMAL, "detect": job["detect"],
                                                      "licences": {"accept_non_commercial": ["insightface", "x"]}}).config_sha256()
     # a plug-in with commercial-friendly weights needs nothing

@@ -32,7 +32,7 @@ def _dp(inp, tmp, ledger, eps=8.0, cap=100.0, subjects=None, **params):
     if subjects:
         sections["input"] = {"subjects": str(subjects)}
     m = manifest_from_dict(base_manifest(inp, tmp, **sections))
-    res = run_job(m, engine="inline", progress=False)
+    res = run_job(m, engine="local", progress=False)
     return res, pd.read_parquet(res.records_uri).query("run_id == @res.run_id")
 
 
@@ -157,7 +157,7 @@ def test_dry_run_plans_and_charges_nothing(tmp_path, dp_env):
     assert not dp_env.exists()  # a dry run creates no ledger
     assert plan["labeled_subjects"] == 4 and plan["labeled_records"] == 12
     assert plan["subjects_exhausted_by_this_run"] == 4 and plan["labeled_records_withheld"] == 4
-    run_job(m, engine="inline", progress=False)
+    run_job(m, engine="local", progress=False)
     with Ledger.open(str(dp_env)) as led:
         before = [(r.subject_key, r.n_charges) for r in led.summary()]
     plan = dry_run(m)  # a re-run resumes: the 8 committed records are skipped, the 4 withheld stay withheld

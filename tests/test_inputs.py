@@ -81,7 +81,7 @@ def test_unreadable_file_is_a_failed_row(tmp_path, ray_local):
     locked = inp / "locked.jpg"
     shutil.copy(lfw_images()[1], locked)
     locked.chmod(0)
-    result = run_job(manifest_from_dict(base_manifest(inp, tmp_path)), engine="inline", progress=False)
+    result = run_job(manifest_from_dict(base_manifest(inp, tmp_path)), engine="local", progress=False)
     df = pd.read_parquet(result.records_uri).set_index("input_uri")
     assert df.loc[str(locked), "error_code"] == "read_error"
     assert "permission denied" in df.loc[str(locked), "error"]
@@ -144,7 +144,7 @@ def test_gps_exif_xmp_icc_and_comments_are_stripped(tmp_path, fmt):
     inp.mkdir()
     (inp / "with-gps.jpg").write_bytes(_with_metadata())
     m = manifest_from_dict(base_manifest(inp, tmp_path, output={"format": fmt}, checks={"enabled": False}))
-    result = run_job(m, engine="inline", progress=False)
+    result = run_job(m, engine="local", progress=False)
     row = pd.read_parquet(result.records_uri).iloc[0]
     assert row.status == "released" and row.n_faces == 1
     out = Path(row.output_uri).read_bytes()
@@ -179,7 +179,7 @@ def test_output_pixels_outside_faces_match_input(tmp_path):
     src = GROUP / "two_people.jpg"
     shutil.copy(src, inp / "a.jpg")
     m = manifest_from_dict(base_manifest(inp, tmp_path, output={"format": "png"}, checks={"enabled": False}))
-    row = pd.read_parquet(run_job(m, engine="inline", progress=False).records_uri).iloc[0]
+    row = pd.read_parquet(run_job(m, engine="local", progress=False).records_uri).iloc[0]
     a = np.asarray(Image.open(src).convert("RGB"), dtype=np.int16)
     b = np.asarray(Image.open(row.output_uri).convert("RGB"), dtype=np.int16)
     assert row.n_faces >= 1

@@ -23,7 +23,7 @@ from deid.io.listing import discover, load_subjects, record_id_for
 from deid.pipeline import run_job
 
 
-def _run(inp, tmp, engine="inline", **sections):
+def _run(inp, tmp, engine="local", **sections):
     m = manifest_from_dict(base_manifest(inp, tmp, **sections))
     res = run_job(m, engine=engine, progress=False)
     return m, res, pd.read_parquet(res.records_uri)
@@ -159,7 +159,7 @@ def test_memory_filesystem_end_to_end(tmp_path):
         "output": {"uri": "memory://deid-test/release", "quarantine_uri": "memory://deid-test/q"},
         "run": {"progress": False},
     })
-    res = run_job(m, engine="inline", progress=False)
+    res = run_job(m, engine="local", progress=False)
     t = read_audit(m.audit_uri)
     assert t.num_rows == 3 and set(t.column("status").to_pylist()) == {"released"}
     outs = t.column("output_uri").to_pylist()
@@ -221,7 +221,7 @@ def test_a_run_that_stops_early_still_gives_every_input_a_row(photos, tmp_path):
     """If the engine dies mid-run, the records it never answered for get `lost` rows."""
     from deid.pipeline import engine as run_mod
 
-    real = run_mod.inline_results
+    real = run_mod.local_results
 
     def dies_after_first_batch(*args):
         gen = real(*args)
@@ -229,11 +229,11 @@ def test_a_run_that_stops_early_still_gives_every_input_a_row(photos, tmp_path):
         raise RuntimeError("worker node lost\nlong traceback here")
 
     m = manifest_from_dict(base_manifest(photos, tmp_path, checks={"enabled": False}))
-    run_mod.inline_results = dies_after_first_batch
+    run_mod.local_results = dies_after_first_batch
     try:
-        res = run_job(m, engine="inline", progress=False)
+        res = run_job(m, engine="local", progress=False)
     finally:
-        run_mod.inline_results = real
+        run_mod.local_results = real
     df = pd.read_parquet(res.records_uri)
     n = len(list(photos.rglob("*.jpg")))
     assert len(df) == n and df.record_id.is_unique
@@ -283,7 +283,7 @@ def test_a_failed_write_is_one_failed_row_and_rows_come_only_after_their_files(p
 
     m = manifest_from_dict(base_manifest(photos, tmp_path, output={"naming": "mirror", "format": "png"},
                                          checks={"enabled": False}, run={"write_threads": write_threads}))
-    res = run_job(m, engine="inline", progress=False, on_batch=on_batch)
+    res = run_job(m, engine="local", progress=False, on_batch=on_batch)
     df = pd.read_parquet(res.records_uri)
     assert len(df) == 6 and not seen_missing
     bad = df[df.status == "failed"]
@@ -297,3 +297,25 @@ def test_a_failed_write_is_one_failed_row_and_rows_come_only_after_their_files(p
         assert hashlib.sha256(Path(uri).read_bytes()).hexdigest() == sha
     assert all(t["write_ms"] is not None and t["write_ms"] >= 0 for t in df.timings)
     assert not [p for p in (tmp_path / "release").rglob(".deid-tmp-*")]  # no temporary file left behind
+
+
+def test_auto_engine_runs_small_local_jobs_in_process_and_the_rest_on_ray(photos, tmp_path, monkeypatch):
+    """run.engine: auto skips Ray's start-up for a small job on this machine, with the same
+    rows; a cluster address, a GPU or more records than run.local_max_records mean Ray."""
+    from deid.pipeline.engine import resolve
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    m = manifest_from_dict(base_manifest(photos, tmp_path))
+    assert m.run.engine == "auto"
+    assert resolve(m, None, 200) == "local" and resolve(m, None, 201) == "ray"
+    assert resolve(m, "ray", 1) == "ray" and resolve(m, "local", 10**6) == "local"
+    assert resolve(manifest_from_dict(base_manifest(photos, tmp_path, run={"ray_address": "auto"})), None, 1) == "ray"
+    assert resolve(manifest_from_dict(base_manifest(photos, tmp_path, run={"gpus_per_actor": 1})), None, 1) == "ray"
+    assert resolve(manifest_from_dict(base_manifest(photos, tmp_path, run={"local_max_records": 0})), None, 1) == "ray"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert resolve(m, None, 1) == "ray"
+    monkeypatch.delenv("RAY_ADDRESS")
+    res = run_job(m, progress=False)
+    assert res.summary["engine"] == "local"
+    df = pd.read_parquet(res.records_uri)
+    assert len(df) == res.summary["inputs"] == 6 and (df.status == "released").all()

@@ -68,7 +68,7 @@ def _deid(*args: str, site: Path | None, cwd: Path) -> subprocess.CompletedProce
 
 def _manifest(tmp_path: Path, inp: Path, toy, **sections) -> Path:
     m = base_manifest(inp, tmp_path, detect={"backend": toy.DETECTOR}, anonymize={"method": toy.METHOD},
-                      output={"format": "png"}, run={"cpus": 2},
+                      output={"format": "png"}, run={"cpus": 2, "engine": "ray"},  # Ray workers must find the plug-ins too
                       # the gate would (rightly) find the real faces the toy's centre box misses and
                       # invert them too; this test pins the toy's own pixels (tests/test_residual_gate.py
                       # covers the gate)

@@ -55,7 +55,7 @@ def _manifest(tmp: Path, inp: Path) -> Path:
         privacy={"ledger": str(tmp / "ledger.sqlite"), "max_epsilon": 1000.0},
         checks={"enabled": False, "no_face": "keep"},
         audit={"flush_seconds": 0.5},
-        run={"batch_size": 4, "actors": 2, "cpus": 2},
+        run={"batch_size": 4, "actors": 2, "cpus": 2, "engine": "ray"},
     )
     path = tmp / "job.yaml"
     path.write_text(yaml.safe_dump(m))
@@ -151,28 +151,28 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
 
 def test_rerun_skips_committed_and_no_resume_redoes(tmp_path, photos):
     m = manifest_from_dict(base_manifest(photos, tmp_path, checks={"enabled": False, "no_face": "keep"}))
-    first = run_job(m, engine="inline", progress=False)
+    first = run_job(m, engine="local", progress=False)
     assert first.summary["counts"]["released"] == 6
     from deid.pipeline import dry_run
 
     plan = dry_run(m)
     assert plan["records"] == 6 and plan["skipped_committed"] == 6 and plan["to_process"] == 0
     assert dry_run(m, resume=False)["to_process"] == 6
-    again = run_job(m, engine="inline", progress=False)
+    again = run_job(m, engine="local", progress=False)
     assert again.summary["counts"]["skipped"] == 6 and again.summary["audit_rows"] == 6
     # A changed run section (actors, batch size) is the same job; a changed method is not.
     m2 = manifest_from_dict(base_manifest(photos, tmp_path, checks={"enabled": False, "no_face": "keep"},
                                           run={"batch_size": 3}))
-    assert run_job(m2, engine="inline", progress=False).summary["counts"]["skipped"] == 6
+    assert run_job(m2, engine="local", progress=False).summary["counts"]["skipped"] == 6
     m3 = manifest_from_dict(base_manifest(photos, tmp_path, checks={"enabled": False, "no_face": "keep"},
                                           anonymize={"method": "pixelate"}))
-    assert run_job(m3, engine="inline", progress=False).summary["counts"]["released"] == 6
-    fresh = run_job(m, engine="inline", progress=False, resume=False)
+    assert run_job(m3, engine="local", progress=False).summary["counts"]["released"] == 6
+    fresh = run_job(m, engine="local", progress=False, resume=False)
     assert fresh.summary["counts"]["released"] == 6
     # A deleted output is not committed any more: only that record is redone.
     victim = next(p for p in (tmp_path / "release").rglob("*") if p.is_file())
     victim.unlink()
-    redo = run_job(m, engine="inline", progress=False)
+    redo = run_job(m, engine="local", progress=False)
     assert redo.summary["counts"]["released"] == 1 and redo.summary["counts"]["skipped"] == 5
     assert victim.exists()
 
@@ -182,7 +182,7 @@ def test_transient_failures_are_retried_and_stale_outputs_reconciled(tmp_path, p
     even when an earlier, unaudited attempt had released it; lost rows are retried."""
     sections = dict(checks={"enabled": False, "no_face": "keep"})
     m = manifest_from_dict(base_manifest(photos, tmp_path, **sections))
-    run_job(m, engine="inline", progress=False)
+    run_job(m, engine="local", progress=False)
     released = {p.stem for p in (tmp_path / "release").rglob("*") if p.is_file()}
     assert len(released) == 6
     # The audit of that run never reached disk (killed before its flush); the retry's
@@ -192,7 +192,7 @@ def test_transient_failures_are_retried_and_stale_outputs_reconciled(tmp_path, p
     shutil.rmtree(tmp_path / "audit")
     m2 = manifest_from_dict(base_manifest(photos, tmp_path, checks={"min_identity_distance": 1.99,
                                                                    "on_fail": "quarantine", "no_face": "drop"}))
-    res = run_job(m2, engine="inline", progress=False)
+    res = run_job(m2, engine="local", progress=False)
     df = pd.read_parquet(res.records_uri)
     assert set(df.status) <= {"quarantined", "dropped"} and (df.status == "quarantined").any()
     left = [p for p in (tmp_path / "release").rglob("*") if p.is_file()]
@@ -211,5 +211,5 @@ def test_transient_failures_are_retried_and_stale_outputs_reconciled(tmp_path, p
         r.update(run_id="99991231T000000Z-lost", status="failed", error_code="lost", output_uri=None)
     pq.write_table(pa.Table.from_pylist(lost[:2], schema=AUDIT_SCHEMA),
                    tmp_path / "audit" / "records" / "99991231T000000Z-lost-part-00000.parquet")
-    again = run_job(m2, engine="inline", progress=False).summary["counts"]
+    again = run_job(m2, engine="local", progress=False).summary["counts"]
     assert again["skipped"] == 4 and again["quarantined"] + again["dropped"] == 2

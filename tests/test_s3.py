@@ -64,7 +64,7 @@ def local_run(inputs, tmp_path_factory):
     """The reference: the same job on local folders, in this process (no Ray)."""
     tmp = tmp_path_factory.mktemp("s3-local")
     m = manifest_from_dict(base_manifest(inputs, tmp))
-    res = run_job(m, engine="inline", progress=False)
+    res = run_job(m, engine="local", progress=False)
     df = pd.read_parquet(res.records_uri)
     # the fixture set covers every path a record can take
     assert Counter(df.status) == {"released": 4, "quarantined": 1, "failed": 1}, df[["input_uri", "status", "error"]]
@@ -155,7 +155,7 @@ def test_credentials_and_endpoint_from_aws_environment(s3, inputs, local_run, mo
         m = manifest_from_dict(_s3_manifest(src, dst, None))
         assert m.input.storage_options == {} and m.output.storage_options == {}
         mark = s3.mark()
-        res = run_job(m, engine="inline", progress=False)
+        res = run_job(m, engine="local", progress=False)
         reqs = s3.since(mark)
         df = read_audit(m.audit_uri, run_id=res.run_id).to_pandas()
     finally:
@@ -171,7 +171,7 @@ def test_missing_bucket_and_missing_protocol_package_are_clear_errors(s3, tmp_pa
 
     m = manifest_from_dict(_s3_manifest("no-such-bucket-deid", "also-missing-deid", {"input": s3.storage_options()}))
     with pytest.raises(ListingError, match="s3://no-such-bucket-deid/photos: input.uri does not exist"):
-        run_job(m, engine="inline", progress=False)
+        run_job(m, engine="local", progress=False)
 
     # gs:// and az:// are fsspec protocols: they validate without their packages installed ...
     gs = {"input": {"uri": "gs://photos-bucket/2024", "storage_options": {"project": "p", "token": "anon"}},
@@ -184,9 +184,9 @@ def test_missing_bucket_and_missing_protocol_package_are_clear_errors(s3, tmp_pa
     monkeypatch.setitem(sys.modules, "gcsfs", None)
     monkeypatch.setitem(sys.modules, "adlfs", None)
     with pytest.raises(ListingError, match=r"input.uri = gs://photos-bucket/2024: the gs:// protocol needs .*gcsfs"):
-        run_job(manifest_from_dict(gs), engine="inline", progress=False)
+        run_job(manifest_from_dict(gs), engine="local", progress=False)
     with pytest.raises(ListingError, match=r"output.uri = az://release/2024: the az:// protocol needs .*adlfs"):
-        run_job(manifest_from_dict(az), engine="inline", progress=False)
+        run_job(manifest_from_dict(az), engine="local", progress=False)
     f = tmp_path / "job.yaml"
     f.write_text("input: {uri: gs://photos-bucket/2024}\noutput: {uri: out}\n")
     result = CliRunner().invoke(app, ["run", str(f), "--no-progress"])

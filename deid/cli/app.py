@@ -39,7 +39,8 @@ def validate(manifest: Path = typer.Argument(..., help="job manifest (YAML)")) -
 def run(
     manifest: Path = typer.Argument(..., help="job manifest (YAML)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
-    inline: bool = typer.Option(False, "--inline", help="run in this process without Ray (debugging)"),
+    inline: bool = typer.Option(False, "--inline", help="run in this process without Ray (= --engine local)"),
+    engine: str = typer.Option(None, "--engine", help="auto | ray | local (default: the manifest's run.engine)"),
     json_summary: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     dry: bool = typer.Option(False, "--dry-run", help="print the plan (records, budgets); process and charge nothing"),
     resume: bool = typer.Option(True, "--resume/--no-resume",
@@ -65,7 +66,7 @@ def run(
             typer.echo("  (faces are counted at detection: each detected face is one charge)")
         return
     try:
-        result = run_job(m, engine="inline" if inline else "ray", progress=False if no_progress else None,
+        result = run_job(m, engine="local" if inline else engine, progress=False if no_progress else None,
                          resume=resume)
     except (ListingError, RunError) as exc:
         typer.echo(f"error: {exc}", err=True)

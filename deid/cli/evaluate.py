@@ -62,7 +62,7 @@ def sweep_cmd(
     setup_logging()
     m = load_manifest_or_exit(manifest)
     try:
-        metrics, uris = sweep(m, param, out, subjects=subjects, engine="inline" if inline else "ray",
+        metrics, uris = sweep(m, param, out, subjects=subjects, engine="local" if inline else None,
                               originals=not no_originals, mobilefacenet=mobilefacenet, second_detector=second_detector,
                               second_detector_max=second_detector_max, echo=typer.echo)
     except (SweepError, EvaluateError, ModelMissing, ListingError, RunError) as exc:

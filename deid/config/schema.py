@@ -210,6 +210,13 @@ class AuditConfig(_Section):
 
 
 class RunConfig(_Section):
+    engine: Literal["auto", "ray", "local"] = Field(
+        "auto", description="where the stage runs: ray (actor pool; embedded local Ray or a cluster), local (in "
+        "this process), auto: local for small jobs on this machine (<= local_max_records, no cluster, no GPU), "
+        "else ray")
+    local_max_records: int = Field(
+        200, ge=0, description="auto: jobs with at most this many records to process run in-process, where Ray's "
+        "~9 s of start-up and shutdown would cost more than the work (docs/benchmarks.md)")
     ray_address: str = Field("", description="empty: $RAY_ADDRESS if set, else an embedded local Ray; else ray.init(address=...); not ray://")
     cpus: int | None = Field(None, ge=1, description="CPUs for the embedded Ray (default: all)")
     actors: int | None = Field(None, ge=1, description="actor pool size (default: one per CPU, or per GPU with gpus_per_actor)")

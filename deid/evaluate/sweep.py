@@ -79,7 +79,7 @@ def grid(base: Manifest, axes: list[Axis]) -> list[tuple[str, dict]]:
     return points
 
 
-def sweep(base: Manifest, params: list[str], out_dir: str, *, subjects: str | None = None, engine: str = "ray",
+def sweep(base: Manifest, params: list[str], out_dir: str, *, subjects: str | None = None, engine: str | None = None,
           originals: bool = True, mobilefacenet: str | None = None, second_detector: str = "auto",
           second_detector_max: int | None = None, progress: bool = False, echo=print) -> tuple[dict, dict]:
     from deid.config import ManifestError, manifest_from_dict

@@ -1,5 +1,7 @@
 """Engines: where the stage runs. ``ray``: a Ray Data plan over an actor pool (embedded local
-Ray, or a cluster); ``inline``: the same stage in this process. Both yield audit tables.
+Ray, or a cluster); ``local``: the same stage in this process. Both yield audit tables.
+``auto`` (``run.engine``'s default, :func:`resolve`) runs small local jobs in-process, where
+Ray's start-up and shutdown (~9 s) would cost more than the work, and everything else on Ray.
 
 Also: joining Ray (address, embedded start-up), sizing the actor pool from the cluster's
 resources, and reading the user's error out of a Ray error.
@@ -40,7 +42,7 @@ def check_engine(manifest: Manifest, engine: str) -> None:
                       ("audit.uri", manifest.audit_uri), ("output.quarantine_uri", manifest.quarantine_uri)):
         if uri.lower().startswith("memory://"):
             raise RunError(f"{name} is {uri}: memory:// lives inside one process and Ray workers cannot see it; "
-                           "use a local path or object storage, or run with --inline")
+                           "use a local path or object storage, or run.engine: local")
 
 
 # ------------------------------------------------------------------------------ Ray
@@ -132,7 +134,7 @@ def ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None
         yield batch
 
 
-def inline_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None):
+def local_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None):
     """The same stage, in this process, without Ray (benchmark baseline, debugging)."""
     stage = ProcessRecords(manifest.model_dump(mode="json"), ctx.__dict__, budget)
     bs = manifest.run.batch_size
@@ -159,8 +161,29 @@ def root_cause(exc: BaseException) -> str:
 
 
 def results(engine: str, manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None):
-    """The audit tables of ``plan`` run on ``engine`` (``ray`` or ``inline``)."""
+    """The audit tables of ``plan`` run on ``engine`` (``ray`` or ``local``)."""
     if not plan.num_rows:
         return iter(())
-    run = ray_results if engine == "ray" else inline_results
+    run = ray_results if engine == "ray" else local_results
     return run(manifest, plan, ctx, budget)
+
+
+ENGINES = ("auto", "ray", "local")
+
+
+def resolve(manifest: Manifest, engine: str | None, n_records: int) -> str:
+    """``ray`` or ``local`` for a run of ``n_records`` (``engine`` None: ``run.engine``).
+
+    ``auto`` is ``local`` when no cluster is named (``run.ray_address``, ``$RAY_ADDRESS``), no
+    GPU is asked for, and the job has at most ``run.local_max_records`` records to process, or
+    uses ``memory://`` locations (which Ray's workers cannot see); else ``ray``."""
+    engine = engine or manifest.run.engine
+    if engine not in ENGINES:
+        raise RunError(f"unknown engine {engine!r} (engines: {', '.join(ENGINES)})")
+    if engine != "auto":
+        return engine
+    if ray_address(manifest) or manifest.run.gpus_per_actor > 0:
+        return "ray"
+    in_memory = any(u.lower().startswith("memory://") for u in (manifest.input.uri, manifest.output.uri,
+                                                                 manifest.audit_uri, manifest.quarantine_uri))
+    return "local" if in_memory or n_records <= manifest.run.local_max_records else "ray"

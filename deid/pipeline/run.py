@@ -54,12 +54,14 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = None,
+def run_job(manifest: Manifest, *, engine: str | None = None, progress: bool | None = None,
             on_batch: Callable[[pa.Table], None] | None = None, resume: bool = True) -> RunResult:
-    """Run a job. With ``resume`` (the default) records that an earlier run of the same job
-    committed get a ``skipped`` row and are not processed again (deid.pipeline.resume)."""
+    """Run a job on ``engine`` (``auto``, ``ray``, ``local``; None: ``run.engine``). With
+    ``resume`` (the default) records that an earlier run of the same job committed get a
+    ``skipped`` row and are not processed again (deid.pipeline.resume)."""
     t0 = time.perf_counter()
-    engines.check_engine(manifest, engine)
+    if engine is not None and engine != "auto":
+        engines.check_engine(manifest, engine)  # before any work: a wrong engine is the user's to fix
     run_id = new_run_id()
 
     # plan: listing, names, refusals, resume
@@ -68,6 +70,8 @@ def run_job(manifest: Manifest, *, engine: str = "ray", progress: bool | None = 
                      job_sha256=manifest.job_sha256(), model_fingerprints=model_fingerprints(manifest))
     prior = load_prior(manifest, use_audit=resume)
     plan, skipped_rows = apply_prior(planned.records, prior, ctx, manifest)
+    engine = engines.resolve(manifest, engine, plan.num_rows)
+    engines.check_engine(manifest, engine)
 
     # budget: DP methods reserve through the budget service; labeled subjects that cannot afford
     # another release are withheld here
