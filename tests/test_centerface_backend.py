@@ -172,11 +172,13 @@ def test_run_with_centerface_blur_and_deepblur(photos, tmp_path):
     fps = {f["name"]: f["sha256"] for f in rows[0]["model_fingerprints"]}
     assert fps["centerface"] == file_sha256(default_model_path())
     faces = [f for r in rows for f in r["faces"]]
-    assert all(f["id_distance"] is not None for f in faces)
+    # every face is measured, except those too small for the check (checks.min_face_px)
+    assert all((f["id_distance"] is not None) == (f["check"] == "measured") for f in faces)
+    assert all(f["check"] == "not_applicable" for f in faces if f["box"][2] - f["box"][0] < 32)
     big = [f["id_distance"] for f in faces if (f["box"][2] - f["box"][0]) >= 60]  # dlib judges these well
     assert len(big) >= 7 and min(big) > 0.6
     for r in rows:  # the policy: released when every face passed, else quarantined
-        assert r["status"] == ("released" if all(f["passed"] for f in r["faces"]) else "quarantined")
+        assert r["status"] == ("released" if all(f["passed"] is not False for f in r["faces"]) else "quarantined")
 
     m2 = base_manifest(photos, tmp_path / "db", detect={"backend": "centerface"},
                        anonymize={"method": "deepblur"}, checks={"enabled": False})

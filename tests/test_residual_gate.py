@@ -137,8 +137,11 @@ def test_faces_a_method_cannot_take_are_masked_and_what_stays_quarantines(scene)
 
 
 def test_the_gate_is_another_model_family_than_the_detector():
+    from deid.faces.registry import DETECTORS, GATE_PREFERENCE
+
     m = manifest_from_dict(base_manifest(Path("/in"), Path("/tmp/x"), detect={"backend": "centerface"}))
-    assert m.gate_detector.backend == "dlib-hog"
+    assert m.gate_detector.backend in GATE_PREFERENCE[1:]
+    assert DETECTORS.get(m.gate_detector.backend).family != DETECTORS.get("centerface").family
     assert manifest_from_dict(base_manifest(Path("/in"), Path("/tmp/x"))).gate_detector.backend == "centerface"
     with pytest.raises(ManifestError) as exc:
         manifest_from_dict(base_manifest(Path("/in"), Path("/tmp/x"), checks={"residual_detector": {"backend": "dlib-hog"}}))

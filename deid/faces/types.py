@@ -26,6 +26,8 @@ class Face:
     landmark_layout: str = "dlib5"
     landmarks68: np.ndarray | None = field(default=None, repr=False)
     dlib_box: tuple[int, int, int, int] | None = field(default=None, repr=False)
+    #: a dense landmark mesh in image pixels, when the detector gives one (face-mesh: [468, 3] x, y, depth)
+    mesh: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def width(self) -> int:
