@@ -25,7 +25,7 @@ def test_defaults_and_derived_locations():
     assert m.detect.backend == "dlib-hog"
     assert m.anonymize.method == "blur" and m.anonymize.params["strength"] > 0
     assert m.checks.min_identity_distance == 0.6
-    assert m.audit_uri == "/data/out/_audit"
+    assert m.audit_uri == "/data/out-audit"  # a sibling: the audit names input files, never publish it
     # quarantine is a sibling of the release, never inside it
     assert m.quarantine_uri == "/data/out-quarantine"
     assert not m.quarantine_uri.startswith(m.output.uri + "/")
@@ -108,10 +108,11 @@ def test_example_manifests_validate():
 
 def test_cross_field_checks():
     errs = _errors({"input": {"uri": "/data/x/"}, "output": {"uri": "/data/x"}})
-    assert any("output.uri must differ from input.uri" in v for v in errs.values())
+    assert any("output.uri (/data/x) is the same location as input.uri" in v for v in errs.values())
     errs = _errors({"input": {"uri": "s3://in/photos"}, "output": {"uri": "s3://released/"}})
     assert any("quarantine_uri must be set" in v for v in errs.values())
-    ok = manifest_from_dict({"input": {"uri": "s3://in/photos"}, "output": {"uri": "s3://released", "quarantine_uri": "s3://q/x"}})
+    ok = manifest_from_dict({"input": {"uri": "s3://in/photos"}, "output": {"uri": "s3://released", "quarantine_uri": "s3://q/x"},
+                             "audit": {"uri": "s3://a/x"}})
     assert ok.quarantine_uri == "s3://q/x"
     # a detector error is reported together with the other errors, at its field
     errs = _errors({"input": {"uri": "a", "bogus": 1}, "output": {"uri": "b"}, "detect": {"backend": "insightface"},
@@ -151,3 +152,28 @@ def test_non_commercial_weights_need_the_users_acknowledgement():
                                                      "licences": {"accept_non_commercial": ["insightface", "x"]}}).config_sha256()
     # a plug-in with commercial-friendly weights needs nothing
     assert manifest_from_dict({**MINIMAL, "detect": {"backend": "centerface"}}).licences.accept_non_commercial == []
+
+
+def test_locations_never_overlap_after_resolving_links_dots_and_prefixes(tmp_path):
+    """Input, release, quarantine and audit are compared as the storage sees them."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (tmp_path / "alias").symlink_to(inp)
+    rel = str(tmp_path / "rel")
+    cases = {
+        "output.uri": {"output": {"uri": str(tmp_path / "alias")}},                      # a symlink to the input
+        "output.uri ": {"output": {"uri": str(tmp_path / "x" / ".." / "in" / "out")}},   # .. back into the input
+        "output.quarantine_uri": {"output": {"uri": rel, "quarantine_uri": f"file://{rel}/q/"}},
+        "audit.uri": {"output": {"uri": rel}, "audit": {"uri": rel + "//_audit"}},
+    }
+    for field, sections in cases.items():
+        errs = _errors({"input": {"uri": str(inp)}, **sections})
+        msg = " ".join(errs.values())
+        assert field.strip() in msg and ("overlaps" in msg or "same location" in msg), (field, msg)
+    errs = _errors({"input": {"uri": "s3://b/photos"}, "output": {"uri": "s3a://b/photos/./out/"}})
+    assert "overlaps input.uri" in " ".join(errs.values())
+    # prefixes split at / only; other buckets and siblings are apart
+    ok = manifest_from_dict({"input": {"uri": "s3://b/photos"}, "output": {"uri": "s3://b/photos-out"}})
+    assert ok.audit_uri == "s3://b/photos-out-audit" and ok.quarantine_uri == "s3://b/photos-out-quarantine"
+    errs = _errors({"input": {"uri": "s3://in/p"}, "output": {"uri": "s3://released", "quarantine_uri": "s3://q/x"}})
+    assert "audit.uri must be set" in " ".join(errs.values())

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import LFW, REPO, base_manifest, lfw_images
 from deid.audit import AUDIT_SCHEMA, read_audit
-from deid.config import manifest_from_dict
+from deid.config import ManifestError, manifest_from_dict
 from deid.io.listing import discover, load_subjects, record_id_for
 from deid.pipeline import run_job
 
@@ -169,15 +169,16 @@ def test_memory_filesystem_end_to_end(tmp_path):
     fs.rm("/deid-test", recursive=True)
 
 
-def test_listing_glob_hidden_files_subjects_and_output_exclusion(tmp_path):
+def test_listing_glob_hidden_files_subjects_and_outputs_inside_the_input_refused(tmp_path):
     inp = tmp_path / "in"
     (inp / "a" / "b").mkdir(parents=True)
     (inp / ".cache").mkdir()
     for rel in ("x.jpg", "a/y.JPG", "a/b/z.png", "a/b/notes.txt", ".cache/h.jpg", "a/.hidden.jpg"):
         (inp / rel).write_bytes(b"x")
-    out = inp / "release"  # output nested inside the input: never re-read as input
-    out.mkdir()
-    (out / "old.jpg").write_bytes(b"x")
+    nested = inp / "release"  # an output nested inside the input is refused, naming the overlap
+    with pytest.raises(ManifestError, match=r"output.uri .* overlaps input.uri .*never writes under its input"):
+        manifest_from_dict({"input": {"uri": str(inp)}, "output": {"uri": str(nested)}})
+    out = tmp_path / "release"
     sub = tmp_path / "subjects.csv"
     sub.write_text("path,subject\nx.jpg,alice\na/y.JPG,bob\n")
     m = manifest_from_dict({"input": {"uri": str(inp), "subjects": str(sub)}, "output": {"uri": str(out)}})
@@ -211,7 +212,7 @@ def test_cli_run_prints_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "released 2, failed 1" in proc.stdout
     assert str(tmp_path / "out" / "release") in proc.stdout
-    summary = json.loads((tmp_path / "out" / "release" / "_audit" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "release-audit" / "summary.json").read_text())
     assert summary["counts"]["failed"] == 1 and summary["audit_rows"] == 3
     # the demo manifest's input folder and subjects side table are real
     assert (LFW / "subjects.csv").exists()

@@ -198,7 +198,8 @@ class LicencesConfig(_Section):
 
 
 class AuditConfig(_Section):
-    uri: str | None = Field(None, description="default: <output.uri>/_audit/")
+    uri: str | None = Field(None, description="default: <output.uri>-audit (a sibling of the release, never inside "
+                            "it: the audit names your input files)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
     flush_seconds: float = Field(15.0, gt=0, description="write a Parquet part at least this often: what a "
                                  "killed run loses from its audit, and so redoes on resume")
@@ -254,9 +255,7 @@ class Manifest(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Manifest":
-        src, out = self.input.uri.rstrip("/"), self.output.uri.rstrip("/")
-        if src == out:
-            raise ValueError("output.uri must differ from input.uri (outputs would overwrite or hide the inputs)")
+        out = self.output.uri.rstrip("/")
         if is_dp(self.anonymize.method):
             missing = [f"privacy.{k}" for k in ("ledger", "max_epsilon") if getattr(self.privacy, k) is None]
             if missing:
@@ -281,12 +280,33 @@ class Manifest(_Section):
                     f"{where}: {plugin.name} loads model weights licensed for non-commercial use only "
                     f"({plugin.licence.weights}); to use them under those terms, add {plugin.name!r} to "
                     "licences.accept_non_commercial")
-        if self.output.quarantine_uri is None and _is_bucket_root(out):
-            raise ValueError(
-                f"output.quarantine_uri must be set when output.uri is a bucket root ({self.output.uri}): "
-                "the default sibling '<output.uri>-quarantine' would be another bucket"
-            )
+        for field, sibling in (("output.quarantine_uri", self.output.quarantine_uri), ("audit.uri", self.audit.uri)):
+            if sibling is None and _is_bucket_root(out):
+                suffix = "quarantine" if field.startswith("output") else "audit"
+                raise ValueError(f"{field} must be set when output.uri is a bucket root ({self.output.uri}): "
+                                 f"the default sibling '<output.uri>-{suffix}' would be another bucket")
+        self._check_locations()
         return self
+
+    def _check_locations(self) -> None:
+        """Input, release, quarantine and audit never overlap, compared as the storage sees them
+        (deid.io.locations: symlinks, ``..``, ``file://``, case, bucket and prefix): deid never
+        writes under its input, never reads its own outputs as inputs, and never publishes the
+        quarantine or the audit with the release."""
+        from deid.io.locations import location, overlap
+
+        places = [("input.uri", self.input.uri), ("output.uri", self.output.uri),
+                  ("output.quarantine_uri", self.quarantine_uri), ("audit.uri", self.audit_uri)]
+        why = {"input.uri": "deid never writes under its input, nor reads its own outputs as inputs",
+               "output.uri": "whatever sits under the release is published with it"}
+        for i, (fa, a) in enumerate(places):
+            for fb, b in places[i + 1:]:
+                if overlap(a, b):
+                    same = location(a) == location(b)
+                    raise ValueError(
+                        f"{fb} ({b}) {'is the same location as' if same else 'overlaps'} {fa} ({a})"
+                        f"{'' if same else f', resolved as {location(b)} and {location(a)}'}: {why.get(fa, 'they must be apart')}; "
+                        f"give {fb} a location of its own")
 
     # ----------------------------------------------------------------- derived
     def plugins_used(self) -> list[tuple[str, Any]]:
@@ -311,7 +331,7 @@ class Manifest(_Section):
 
     @property
     def audit_uri(self) -> str:
-        return self.audit.uri or join_uri(self.output.uri, "_audit")
+        return self.audit.uri or self.output.uri.rstrip("/") + "-audit"
 
     @property
     def quarantine_uri(self) -> str:
