@@ -23,8 +23,11 @@ DETECTORS = Registry("detector", "deid.faces")
 DEFAULT_DETECTOR = "dlib-hog"
 
 #: the residual-face gate's detector, by preference: the first whose weights are installed and
-#: whose model family differs from the run's detector (checks.residual_detector overrides)
-GATE_PREFERENCE = ("centerface", "blazeface", "mtcnn", "dlib-hog", "dlib-cnn")
+#: whose model family differs from the run's detector (checks.residual_detector overrides).
+#: Measured on the labelled group photos (docs/backends.md): behind HOG, CenterFace catches the
+#: most missed faces; behind CenterFace, the face mesh and HOG cover the same faces with no
+#: false detection, BlazeFace alone adds 11 false ones (0.6 a photo), so it is not a gate.
+GATE_PREFERENCE = ("centerface", "face-mesh", "dlib-hog", "dlib-cnn")
 
 
 def available(name: str) -> bool:
