@@ -15,7 +15,7 @@ from conftest import GROUP, base_manifest, lfw_images
 from deid.config.schema import Manifest, detect_section
 from deid.faces import make_detector
 from deid.faces.centerface_backend import CenterFaceDetector, decode, default_model_path, nms
-from deid.faces.dlib_backend import DlibDetector, dlib5_points
+from deid.faces.dlib_backend import DlibDetector
 from deid.faces.models import file_sha256
 from deid.faces.types import iou
 from deid.pipeline.fingerprints import model_fingerprints
@@ -61,19 +61,9 @@ def test_recall_on_hand_labelled_boxes(cf):
 
 
 def test_dlib_box_gives_dlib_landmarks_close_to_hogs(cf):
-    hog = DlibDetector()
-    mapped, raw = [], []
-    for p in lfw_images():
-        img = rgb(p)
-        h = hog.detect(img)[0]
-        c = max(cf.detect(img), key=lambda f: iou(f.box, h.box))
-        iod = np.linalg.norm(h.landmarks5[0] - h.landmarks5[2])
-        assert c.dlib_box is not None and c.dlib_box != c.box
-        mapped.append(np.linalg.norm(dlib5_points(img, c) - h.landmarks5, axis=1).mean() / iod)
-        c.dlib_box = None  # the raw CenterFace box instead
-        raw.append(np.linalg.norm(dlib5_points(img, c) - h.landmarks5, axis=1).mean() / iod)
-    assert np.median(mapped) < 0.03
-    assert np.mean(mapped) < np.mean(raw)
+    from test_mtcnn_backend import check_dlib_box
+
+    check_dlib_box(cf)
 
 
 def test_max_side_maps_boxes_and_keypoints_back(cf):

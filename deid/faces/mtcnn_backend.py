@@ -150,6 +150,12 @@ def square(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([x0y0, x0y0 + side], axis=1)
 
 
+def _survivors(boxes: np.ndarray, scores: np.ndarray, reg: np.ndarray, offset: int) -> np.ndarray:
+    """The boxes a stage passes on: NMS at 0.7, its regression applied, made square."""
+    keep = nms(boxes, scores, 0.7)
+    return square(regress(boxes[keep], reg[keep], offset))
+
+
 def nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """Greedy NMS on overlap / the smaller box's area (inclusive pixel sizes), best first."""
     area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
@@ -231,34 +237,31 @@ class MTCNNDetector(DetectorBase):
                 found.append((b[keep], s[keep], r[keep]))
             if not found:  # smaller than 12 px at the first scale
                 return empty
-            boxes, scores, reg = (np.concatenate(x) for x in zip(*found))
-            keep = nms(boxes, scores, 0.7)
-            boxes = square(regress(boxes[keep], reg[keep], 0))
+            boxes = _survivors(*(np.concatenate(x) for x in zip(*found)), offset=0)
+            refined = self._refine(img, boxes, 24, "rnet", t2) if len(boxes) else None
+            boxes = _survivors(*refined, offset=1) if refined is not None else boxes[:0]
             if not len(boxes):
                 return empty
 
-            crops, ok = self._crops(img, boxes, 24)
-            if crops is None:
+            refined = self._refine(img, boxes, 48, "onet", t3)
+            if refined is None:
                 return empty
-            reg, prob = (x.numpy() for x in self.nets["rnet"](crops))
-            boxes, hit = boxes[ok], prob[:, 1] > t2
-            boxes, scores, reg = boxes[hit], prob[hit, 1], reg[hit]
-            keep = nms(boxes, scores, 0.7)
-            boxes = square(regress(boxes[keep], reg[keep], 1))
-            if not len(boxes):
-                return empty
-
-            crops, ok = self._crops(img, boxes, 48)
-            if crops is None:
-                return empty
-            reg, pts, prob = (x.numpy() for x in self.nets["onet"](crops))
-            boxes, hit = boxes[ok], prob[:, 1] > t3
-            boxes, scores, reg, pts = boxes[hit], prob[hit, 1], reg[hit], pts[hit]
+            boxes, scores, reg, pts = refined
         wh = boxes[:, 2:4] - boxes[:, 0:2] + 1
         points = np.stack([pts[:, :5] * wh[:, :1] + boxes[:, :1] - 1, pts[:, 5:] * wh[:, 1:] + boxes[:, 1:2] - 1], axis=2)
         boxes = regress(boxes, reg, 1)
         keep = nms_min(boxes, scores, 0.7)
         return boxes[keep].astype(np.float64), scores[keep].astype(np.float64), points[keep].astype(np.float64)
+
+    def _refine(self, img, boxes: np.ndarray, size: int, net: str, threshold: float):
+        """One refinement stage (R-Net at 24 px, O-Net at 48 px): the boxes it keeps, their
+        scores and regressions (and O-Net's landmarks); None when no crop could be made."""
+        crops, ok = self._crops(img, boxes, size)
+        if crops is None:
+            return None
+        *outs, prob = (x.numpy() for x in self.nets[net](crops))
+        boxes, hit = boxes[ok], prob[:, 1] > threshold
+        return (boxes[hit], prob[hit, 1], *(o[hit] for o in outs))
 
     #: raw() -> clipped Faces in input pixels with their dlib_box (max_side undone): CenterFace's mapping
     detect = CenterFaceDetector.detect
