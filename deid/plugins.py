@@ -30,6 +30,7 @@ This module imports nothing from deid, so every layer may use it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import pkgutil
@@ -137,7 +138,7 @@ class Plugin:
             "summary": self.summary,
             "module": self.module,
             "family": self.family,
-            "needs": {k: v for k, v in self.needs.__dict__.items()},
+            "needs": dataclasses.asdict(self.needs),
             "licence": {"code": self.licence.code, "weights": self.licence.weights,
                         "non_commercial": self.licence.non_commercial},
             "params": describe_params(self.params),
