@@ -1,5 +1,5 @@
 """``deid`` command line: ``deid run MANIFEST``, ``deid validate MANIFEST`` and the sub-commands
-(``budget``, ``latent``, ``evaluate``, ``sweep``, ``plugins``) of the other ``deid.cli`` modules.
+(``audit``, ``budget``, ``latent``, ``evaluate``, ``sweep``, ``plugins``) of the other ``deid.cli`` modules.
 
 Each command module imports only :mod:`deid.cli.common` of the CLI; only this module imports
 the command modules, to register them."""
@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from deid import __version__
+from deid.cli.audit import audit_app
 from deid.cli.budget import app as budget_app
 from deid.cli.common import load_manifest_or_exit
 from deid.cli.evaluate import evaluate_cmd, sweep_cmd
@@ -20,6 +21,7 @@ from deid.cli.latent import latent_app
 from deid.cli.plugins import plugins_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="De-identify face image datasets, with an audit row for every record.")
+app.add_typer(audit_app, name="audit")
 app.add_typer(budget_app, name="budget")
 app.add_typer(latent_app, name="latent")
 app.command("evaluate")(evaluate_cmd)
