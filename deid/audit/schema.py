@@ -20,7 +20,7 @@ FACE = pa.struct(
         ("id_distance", pa.float32()),      # null when checks are off
         ("still_detected", pa.bool_()),     # null when checks or re-detection are off
         ("passed", pa.bool_()),             # id_distance >= checks.min_identity_distance
-        ("check", pa.string()),             # measured | not_applicable (smaller than checks.min_face_px) | null: off
+        ("check", pa.string()),             # measured | not_applicable (smaller than checks.min_face_px) | cut_by_frame | null: off
         ("epsilon", pa.float64()),          # DP methods only
         ("delta", pa.float64()),
         ("mechanism", pa.string()),

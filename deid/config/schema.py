@@ -170,8 +170,15 @@ class ChecksConfig(_Section):
         32, ge=0, le=512, description="faces narrower than this (px) are too small for the identity check to judge: "
         "they get small_face (irreversible) instead of the method, and their check is recorded not_applicable "
         "(bench/min_face.py, docs/benchmarks.md); 0: off")
+    # Measured (docs/benchmarks.md, "Faces cut by the frame"): on faces the frame cuts, dlib's
+    # distance stays under 0.6 even when the face is masked solid, so the check cannot judge them.
+    frame_cut_aspect: float = Field(
+        0.75, ge=0.0, le=1.0, description="faces whose box touches the image edge and is narrower than this (short "
+        "side / long side) are cut by the frame: the identity check cannot judge them, so they get small_face "
+        "(irreversible) instead of the method and their check is recorded cut_by_frame; 0: off")
     small_face: Literal["mask", "pixelate"] = Field(
-        "mask", description="the irreversible treatment of faces below min_face_px: a solid mask, or 4 x 4 pixelation")
+        "mask", description="the irreversible treatment of faces below min_face_px or cut by the frame: a solid mask, "
+        "or 4 x 4 pixelation")
     residual: Literal["anonymize", "quarantine", "off"] = Field(
         "anonymize", description="residual-face gate: a detector of another model family scans every output; a face "
         "no anonymized region covers is anonymized (with the run's method, or mask for DP methods) and the output "

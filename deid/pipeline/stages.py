@@ -27,12 +27,13 @@ import numpy as np
 import pyarrow as pa
 
 from deid.anonymize import is_dp, make_anonymizer
-from deid.audit.check import NOT_APPLICABLE, IdentityChecker
+from deid.audit.check import CUT_BY_FRAME, NOT_APPLICABLE, IdentityChecker
 from deid.audit.policy import Decision, decide
 from deid.audit.rows import RunContext, face_row, now, record_row
 from deid.audit.schema import AUDIT_SCHEMA
 from deid.config.schema import Manifest
 from deid.faces import make_detector
+from deid.faces.types import cut_by_frame
 from deid.facts import FaceFacts
 from deid.io.decode import DecodeError, decode_image, read_input, sha256_hex
 from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, resolve_format
@@ -63,7 +64,8 @@ class Record:
     written: dict | None = None     # what was written, for the budget service (a retry may adopt it)
     scheduled: bool = False         # its write runs in the batch's I/O pool
     timings: dict = field(default_factory=dict)
-    small: list[bool] = field(default_factory=list)  # per face: below checks.min_face_px
+    small: list[bool] = field(default_factory=list)  # per face: below checks.min_face_px, or cut by the frame
+    cut: list[bool] = field(default_factory=list)    # per face: cut by the frame (checks.frame_cut_aspect)
 
     @property
     def uri(self) -> str:
@@ -246,7 +248,9 @@ class ProcessRecords:
         with rec.timed("detect_ms"):
             faces = self.detector.detect(rgb)
         rec.row["n_faces"] = len(faces)
-        rec.small = [f.width < self.min_face_px for f in faces]
+        aspect = self.m.checks.frame_cut_aspect
+        rec.cut = [f.width >= self.min_face_px and cut_by_frame(f.box, rgb.shape[:2], aspect) for f in faces]
+        rec.small = [f.width < self.min_face_px or cut for f, cut in zip(faces, rec.cut)]
         return faces
 
     def reserve(self, rec: Record, img, faces: list) -> list | None:
@@ -300,7 +304,8 @@ class ProcessRecords:
         big = [f for f, small in zip(faces, rec.small) if not small]
         with rec.timed("check_ms"):
             checks = self.checker.check(rgb, out, big) if big else []
-        return _merge(rec.small, checks, [NOT_APPLICABLE] * (len(faces) - len(big)))
+        return _merge(rec.small, checks, [CUT_BY_FRAME if cut else NOT_APPLICABLE
+                                          for cut, small in zip(rec.cut, rec.small) if small])
 
     def record_faces(self, rec: Record, faces: list, facts: list, checks: list, spent: list) -> None:
         rec.row["faces"] = [face_row(*entry) for entry in zip(faces, facts, checks, spent)]
