@@ -58,6 +58,10 @@ class InputConfig(_Section):
     glob: list[str] = Field(default_factory=lambda: ["**/*"], description="patterns relative to uri; ** spans folders, {a,b} alternatives")
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     subjects: str | None = Field(None, description="CSV or Parquet side table with columns path, subject")
+    follow_symlinks: Literal["inside", "all", "none"] = Field(
+        "inside", description="local folders: inside: follow symbolic links that resolve inside uri (others are "
+                              "failed rows, symlink_outside); all: follow every link; none: no link is followed "
+                              "(failed rows, symlink)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("uri")
