@@ -37,7 +37,7 @@ class FaceCheck:
 #: irreversible treatment instead, and no distance is claimed for it
 NOT_APPLICABLE = FaceCheck(id_distance=None, still_detected=None, passed=None, applicable=False,
                            reason="not_applicable")
-#: a face cut by the frame edge (``checks.frame_cut_aspect``): the recognizer cannot judge it
+#: a face cut by the frame edge (``checks.frame_cut``): the recognizer cannot judge it
 #: either (a solid mask over such a face still measures under 0.6), so it gets the same treatment
 CUT_BY_FRAME = FaceCheck(id_distance=None, still_detected=None, passed=None, applicable=False, reason="cut_by_frame")
 

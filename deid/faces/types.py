@@ -43,17 +43,12 @@ class Face:
         return float(np.sqrt(max(self.width, 1) * max(self.height, 1)))
 
 
-def cut_by_frame(box: tuple[int, int, int, int], shape_hw: tuple[int, int], aspect: float, margin: int = 2) -> bool:
+def cut_by_frame(box: tuple[int, int, int, int], shape_hw: tuple[int, int], margin: int = 2) -> bool:
     """Is the face with ``box`` cut by the frame: does its box touch an image edge (within
-    ``margin`` px) and is it narrower than ``aspect`` (short side / long side), where whole face
-    boxes are about square?"""
-    if aspect <= 0:
-        return False
+    ``margin`` px)?"""
     h, w = shape_hw
     x0, y0, x1, y1 = box
-    bw, bh = max(1, x1 - x0), max(1, y1 - y0)
-    edge = x0 <= margin or y0 <= margin or x1 >= w - margin or y1 >= h - margin
-    return edge and min(bw, bh) / max(bw, bh) < aspect
+    return x0 <= margin or y0 <= margin or x1 >= w - margin or y1 >= h - margin
 
 
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:

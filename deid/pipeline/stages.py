@@ -66,7 +66,7 @@ class Record:
     scheduled: bool = False         # its write runs in the batch's I/O pool
     timings: dict = field(default_factory=dict)
     small: list[bool] = field(default_factory=list)  # per face: below checks.min_face_px, or cut by the frame
-    cut: list[bool] = field(default_factory=list)    # per face: cut by the frame (checks.frame_cut_aspect)
+    cut: list[bool] = field(default_factory=list)    # per face: cut by the frame (checks.frame_cut)
 
     @property
     def uri(self) -> str:
@@ -263,8 +263,8 @@ class ProcessRecords:
         with rec.timed("detect_ms"):
             faces = self.detector.detect(rgb)
         rec.row["n_faces"] = len(faces)
-        aspect = self.m.checks.frame_cut_aspect
-        rec.cut = [f.width >= self.min_face_px and cut_by_frame(f.box, rgb.shape[:2], aspect) for f in faces]
+        edge = self.m.checks.frame_cut == "small_face"
+        rec.cut = [edge and f.width >= self.min_face_px and cut_by_frame(f.box, rgb.shape[:2]) for f in faces]
         rec.small = [f.width < self.min_face_px or cut for f, cut in zip(faces, rec.cut)]
         return faces
 
