@@ -175,8 +175,8 @@ class ChecksConfig(_Section):
         "they get small_face (irreversible) instead of the method, and their check is recorded not_applicable "
         "(bench/min_face.py, docs/benchmarks.md); 0: off")
     # Measured (docs/benchmarks.md, "Faces cut by the frame"): with a solid mask over every face of
-    # 377 lfw-public-ref photos, dlib's distance stays under 0.6 for 24 of the 36 faces whose box
-    # touches the image edge (67%), against 29 of 423 (7%) of the others: the check cannot judge cut faces.
+    # 377 lfw-public-ref photos, dlib's distance stays under 0.6 for 27 of the 41 faces whose box
+    # touches the image edge (66%), against 26 of 418 (6%) of the others: the check cannot judge cut faces.
     frame_cut: Literal["small_face", "check"] = Field(
         "small_face", description="faces whose box touches the image edge (within 2 px) are cut by the frame, and "
         "the identity check cannot judge them: small_face gives them the irreversible small-face treatment instead "
