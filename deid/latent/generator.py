@@ -206,7 +206,9 @@ class GeneratorModel(LatentModel):
         self.batch_size = max(1, int(batch_size))
         self.device = _device_of(generator)
         self.weights_fingerprint = weights_fingerprint
-        self.stats, computed = load_or_compute_stats(weights_fingerprint, self.map, self.z_dim,
+        #: whether this load computed the statistics (False: read from the cache)
+        self.stats_computed: bool
+        self.stats, self.stats_computed = load_or_compute_stats(weights_fingerprint, self.map, self.z_dim,
                                                      samples=int(stats_samples), seed=int(stats_seed),
                                                      quantile=float(quantile), cache_dir=cache_dir)
         st = self.stats
