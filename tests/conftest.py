@@ -17,6 +17,8 @@ VOC = GROUP / "voc"
 # Tests must never touch the user's real naming key.
 os.environ.setdefault("DEID_NAMING_KEY", "test-naming-key-not-secret")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# ... nor the user's cache (generator statistics): one kept beside the tests, across sessions
+os.environ.setdefault("DEID_CACHE_DIR", str(REPO / ".pytest_cache" / "deid-cache"))
 
 
 def lfw_images() -> list[Path]:

@@ -55,6 +55,14 @@ RESIDUAL_FACE = pa.struct(
 
 FINGERPRINT = pa.struct([("name", pa.string()), ("sha256", pa.string())])
 
+NON_COMMERCIAL = pa.struct(
+    [
+        ("plugin", pa.string()),            # the plug-in whose weights are licensed for non-commercial use only
+        ("field", pa.string()),             # where the manifest names it: detect.backend, latent.backend, ...
+        ("weights", pa.string()),           # the weights' licence, as the plug-in declares it
+    ]
+)
+
 AUDIT_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -88,6 +96,9 @@ AUDIT_SCHEMA = pa.schema(
         ("resumed_from", pa.string()),       # skipped rows: the run whose row stands for this record
         ("naming_key_id", pa.string()),
         ("model_fingerprints", pa.list_(FINGERPRINT)),
+        # plug-ins with non-commercial weights this record went through, each accepted under
+        # licences.accept_non_commercial; null: none
+        ("non_commercial_accepted", pa.list_(NON_COMMERCIAL)),
     ]
 )
 

@@ -61,7 +61,11 @@ def licence_text(p) -> str:
 
 def needs_text(p) -> str:
     n = p.needs
-    parts = ([f"landmarks {n.landmarks}"] if n.landmarks else []) + ([f"a latent model ({n.latent})"] if n.latent else [])
+    if p.kind == "latent":  # what a latent model is, not what it needs
+        kind = [f"latent kind {n.latent}"] if n.latent else []
+    else:
+        kind = [f"a latent model ({n.latent})"] if n.latent else []
+    parts = ([f"landmarks {n.landmarks}"] if n.landmarks else []) + kind
     parts += (["the privacy ledger (DP)"] if n.dp else []) + (["can use a GPU"] if n.gpu else [])
     return ", ".join(parts) or "-"
 

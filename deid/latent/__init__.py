@@ -5,6 +5,9 @@ The interface and its invariants are in :mod:`deid.latent.base`. Backends:
 * ``pca`` (:mod:`deid.latent.pca`): eigenfaces fitted on a public reference set; CPU, a
   few MB; ``builtin:eigenfaces`` ships with deid (fitted on lfw-public-ref; docs/latent.md).
 * ``torchscript`` (:mod:`deid.latent.torchscript`): a user's encoder/decoder files.
+* ``mobilestylegan`` (:mod:`deid.latent.mobilestylegan`): a face generator (latent kind
+  ``generator``, :mod:`deid.latent.generator`): z -> w -> 1024 px FFHQ-aligned face, no encoder;
+  non-commercial weights.
 
 Backends are plug-ins of :mod:`deid.latent.registry`.
 

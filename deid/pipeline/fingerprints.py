@@ -2,7 +2,8 @@
 
 The files come from the plug-ins' own declarations (``Plugin.model_files``): the detector's,
 the residual-face gate's detector's, then dlib's 5-point model where dlib places landmarks on faces of another detector (the
-identity check, dlib5 latent models), the check network, then the latent model.
+identity check, dlib5 latent models), the check network, then the latent model: the files it
+declares (``Plugin.model_files``: a generator's weights), else the loaded model's fingerprint.
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ def model_fingerprints(manifest: Manifest) -> list[dict]:
         files.append(ModelFile("dlib-resnet128", dlib_model_path("dlib-resnet128")))
     out = [_entry(f) for f in files]
     if latent:
-        from deid.latent import load_latent_model
+        from deid.latent import LATENT_MODELS, load_latent_model
 
-        # the driver only needs the fingerprint: keep a model off the GPU (Ray gave the driver
-        # none) and skip the probe, which the actors run anyway
-        model = load_latent_model(manifest.latent, device="cpu", probe=False)
-        out.append({"name": f"latent:{model.name}", "sha256": model.fingerprint})
+        declared = LATENT_MODELS.get(manifest.latent.backend).files(manifest.latent)
+        if declared:  # its files say what it is (a generator: weights; its statistics follow from them)
+            out += [_entry(f) for f in declared]
+        else:
+            # the driver only needs the fingerprint: keep a model off the GPU (Ray gave the driver
+            # none) and skip the probe, which the actors run anyway
+            model = load_latent_model(manifest.latent, device="cpu", probe=False)
+            out.append({"name": f"latent:{model.name}", "sha256": model.fingerprint})
     return out

@@ -99,6 +99,16 @@ class ProcessRecords:
         self.small_face = make_anonymizer("mask") if self.m.checks.small_face == "mask" else \
             make_anonymizer("pixelate", {"blocks": 4})
         self.gate = self._make_gate()
+        # the non-commercial plug-ins of the run (all accepted, or the manifest is refused), by the
+        # step that runs them: a record's row names those its data went through
+        self.non_commercial: dict[str, list[dict]] = {}
+        for where, plugin in self.m.plugins_used():
+            if plugin.licence.non_commercial:
+                step = {"detect.backend": "detect", "detect.members": "detect",
+                        "checks.residual_detector": "gate"}.get(where, "anonymize")
+                entry = {"plugin": plugin.name, "field": where, "weights": plugin.licence.weights}
+                if entry not in self.non_commercial.setdefault(step, []):
+                    self.non_commercial[step].append(entry)
         self.checker = None
         if self.m.checks.enabled:
             from deid.faces.dlib_backend import DlibEmbedder
@@ -266,7 +276,16 @@ class ProcessRecords:
         edge = self.m.checks.frame_cut == "small_face"
         rec.cut = [edge and f.width >= self.min_face_px and cut_by_frame(f.box, rgb.shape[:2]) for f in faces]
         rec.small = [f.width < self.min_face_px or cut for f, cut in zip(faces, rec.cut)]
+        self.accepted(rec, "detect")
         return faces
+
+    def accepted(self, rec: Record, step: str) -> None:
+        """Name the run's non-commercial plug-ins of ``step`` in the record's row (audit:
+        ``non_commercial_accepted``)."""
+        entries = self.non_commercial.get(step)
+        if entries:
+            have = rec.row["non_commercial_accepted"] or []
+            rec.row["non_commercial_accepted"] = have + [e for e in entries if e not in have]
 
     def reserve(self, rec: Record, img, faces: list) -> list | None:
         """Reserve every face's charge before any noise is drawn (DP methods; others spend
@@ -299,6 +318,8 @@ class ProcessRecords:
             out, facts = self.anonymizer(rgb, big, self.rng) if big else (rgb, [])
             out, small_facts = self.small_face(out, tiny, self.rng) if tiny else (out, [])
         rec.row.update(FaceFacts.record_fields(facts, self.anonymizer.dp_scope, self.dp))
+        if big:
+            self.accepted(rec, "anonymize")
         return out, _merge(rec.small, facts, small_facts)
 
     def scan(self, rec: Record, rgb: np.ndarray, out: np.ndarray, faces: list):
@@ -309,6 +330,9 @@ class ProcessRecords:
         with rec.timed("gate_ms"):
             res = self.gate.scan(rgb, out, faces, self.rng)
         rec.row.update(residual_detector=self.gate.name, residual_faces=[f.row() for f in res.found])
+        self.accepted(rec, "gate")
+        if any(f.action == "anonymized" for f in res.found):  # the run's method on a face the detector missed
+            self.accepted(rec, "anonymize")
         return res.image, res
 
     def check(self, rec: Record, rgb: np.ndarray, out: np.ndarray, faces: list) -> list:
