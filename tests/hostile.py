@@ -264,7 +264,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("broken-link.jpg", "read_error", "symlink to a file that does not exist", _symlink(lambda p: str(p.with_name("gone.jpg")))),
     Kind("link-loop.jpg", "read_error", "symlink loop (ELOOP)", _loop),
     Kind("fifo.jpg", "not_a_file", "named pipe: open() would block forever", _fifo),
-    Kind("dev-zero.jpg", "not_a_file", "symlink to /dev/zero: read() never ends", _symlink(lambda p: "/dev/zero")),
+    Kind("dev-zero.jpg", "symlink_outside", "symlink to /dev/zero, outside the input: refused at listing (with input.follow_symlinks: all it is read and refused as not_a_file)", _symlink(lambda p: "/dev/zero")),
     # ---------------------------------------------------------------- not an image
     Kind("zero.jpg", "empty_file", "0 bytes", _bytes(lambda f: b"")),
     Kind("text.jpg", "not_an_image", "plain text with an image extension", _bytes(lambda f: b"this is not an image, whatever its name says\n")),

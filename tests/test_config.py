@@ -22,7 +22,7 @@ def _errors(data) -> dict[str, str]:
 def test_defaults_and_derived_locations():
     m = manifest_from_dict(dict(MINIMAL))
     assert m.output.naming == "hash"
-    assert m.detect.backend == "dlib-hog"
+    assert m.detect.backend == "centerface"  # chosen by the recall benchmark (docs/backends.md)
     assert m.anonymize.method == "blur" and m.anonymize.params["strength"] > 0
     assert m.checks.min_identity_distance == 0.6
     assert m.audit_uri == "/data/out-audit"  # a sibling: the audit names input files, never publish it
@@ -177,3 +177,23 @@ def test_locations_never_overlap_after_resolving_links_dots_and_prefixes(tmp_pat
     assert ok.audit_uri == "s3://b/photos-out-audit" and ok.quarantine_uri == "s3://b/photos-out-quarantine"
     errs = _errors({"input": {"uri": "s3://in/p"}, "output": {"uri": "s3://released", "quarantine_uri": "s3://q/x"}})
     assert "audit.uri must be set" in " ".join(errs.values())
+
+
+def test_the_complete_example_of_docs_manifest_is_the_demo_with_its_defaults_written_out(tmp_path):
+    """docs/manifest.md's complete example validates to the same manifest as manifests/demo.yaml."""
+    import re
+
+    from conftest import REPO
+    from deid.config import load_manifest
+
+    doc = (REPO / "docs" / "manifest.md").read_text()
+    block = re.search(r"## Complete example.*?```yaml\n(.*?)```", doc, re.S).group(1)
+    example = REPO / "manifests" / f".doc-example-{tmp_path.name}.yaml"  # beside demo.yaml: same relative paths
+    try:
+        example.write_text(block)
+        written_out = load_manifest(example)
+    finally:
+        example.unlink(missing_ok=True)
+    demo = load_manifest(REPO / "manifests" / "demo.yaml")
+    assert written_out.model_dump(mode="json") == demo.model_dump(mode="json")
+    assert written_out.config_sha256() == demo.config_sha256()

@@ -210,6 +210,8 @@ def test_high_bit_depth_data_keeps_its_exposure_and_its_face(tmp_path, bits, col
     high = np.rint(face.astype(np.float64) * ((1 << bits) - 1) / 255.0).astype(np.uint16)
     det = make_detector()
     expect = np.asarray(Image.fromarray(face).convert("RGB"))
+    want = len(det.detect(expect))  # the faces of the 8-bit original (CenterFace: the partial one at the edge too)
+    assert want >= 1
     for ext in (".png", ".tiff"):
         stored = high[..., ::-1] if colour else high  # OpenCV writes BGR
         ok, buf = cv2.imencode(ext, stored)
@@ -218,7 +220,7 @@ def test_high_bit_depth_data_keeps_its_exposure_and_its_face(tmp_path, bits, col
         assert img.rgb.dtype == np.uint8 and img.rgb.shape == expect.shape
         # the exposure survives: at most one grey level of rounding from the 8-bit original
         assert np.abs(img.rgb.astype(int) - expect.astype(int)).max() <= 1, (bits, ext)
-        assert len(det.detect(img.rgb)) == 1, (bits, ext, colour)
+        assert len(det.detect(img.rgb)) == want, (bits, ext, colour)
     # the old rule (divide by 257) made 12-bit data near-black
     assert scale_to_8bit(np.array([4095], np.uint16))[0] == 255
     assert (np.array([4095]) / 257).max() < 16

@@ -24,11 +24,22 @@ class FaceCheck:
     still_detected: bool | None
     passed: bool | None
     applicable: bool = True
+    #: why a check was not applicable: ``not_applicable`` (too small), ``cut_by_frame``
+    reason: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The audit's ``check`` value."""
+        return "measured" if self.applicable else (self.reason or "not_applicable")
 
 
 #: a face too small for the recognizer to judge (``checks.min_face_px``): it got an
 #: irreversible treatment instead, and no distance is claimed for it
-NOT_APPLICABLE = FaceCheck(id_distance=None, still_detected=None, passed=None, applicable=False)
+NOT_APPLICABLE = FaceCheck(id_distance=None, still_detected=None, passed=None, applicable=False,
+                           reason="not_applicable")
+#: a face cut by the frame edge (``checks.frame_cut``): the recognizer cannot judge it
+#: either (a solid mask over such a face still measures under 0.6), so it gets the same treatment
+CUT_BY_FRAME = FaceCheck(id_distance=None, still_detected=None, passed=None, applicable=False, reason="cut_by_frame")
 
 
 class IdentityChecker:

@@ -57,7 +57,7 @@ def face_row(face, facts=None, check=None, spent_after: float | None = None) -> 
         "id_distance": None if check is None else check.id_distance,
         "still_detected": None if check is None else check.still_detected,
         "passed": None if check is None else check.passed,
-        "check": None if check is None else ("measured" if check.applicable else "not_applicable"),
+        "check": None if check is None else check.label,
         **(_NO_FACTS if facts is None else facts.audit_fields()),
         "subject_spent_after": spent_after,
     }

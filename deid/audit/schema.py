@@ -3,6 +3,9 @@
 Invariants: ``count(rows of a run) == count(inputs listed for that run)``; no embedding,
 latent, noise, seed or subject name is ever a column; error messages name the file by
 its input URI (the audit is the data owner's record, not part of the release).
+
+Columns are only ever added, nullable (``input_target`` came later): a dataset read with
+this schema fills a column that an older part lacks with nulls (:func:`deid.audit.writer.read_audit`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ FACE = pa.struct(
         ("id_distance", pa.float32()),      # null when checks are off
         ("still_detected", pa.bool_()),     # null when checks or re-detection are off
         ("passed", pa.bool_()),             # id_distance >= checks.min_identity_distance
-        ("check", pa.string()),             # measured | not_applicable (smaller than checks.min_face_px) | null: off
+        ("check", pa.string()),             # measured | not_applicable (smaller than checks.min_face_px) | cut_by_frame | null: off
         ("epsilon", pa.float64()),          # DP methods only
         ("delta", pa.float64()),
         ("mechanism", pa.string()),
@@ -57,6 +60,7 @@ AUDIT_SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("record_id", pa.string()),
         ("input_uri", pa.string()),
+        ("input_target", pa.string()),       # local inputs behind a symbolic link: the real path; else null
         ("input_sha256", pa.string()),
         ("status", pa.string()),
         ("error_code", pa.string()),

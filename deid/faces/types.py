@@ -43,6 +43,14 @@ class Face:
         return float(np.sqrt(max(self.width, 1) * max(self.height, 1)))
 
 
+def cut_by_frame(box: tuple[int, int, int, int], shape_hw: tuple[int, int], margin: int = 2) -> bool:
+    """Is the face with ``box`` cut by the frame: does its box touch an image edge (within
+    ``margin`` px)?"""
+    h, w = shape_hw
+    x0, y0, x1, y1 = box
+    return x0 <= margin or y0 <= margin or x1 >= w - margin or y1 >= h - margin
+
+
 def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))

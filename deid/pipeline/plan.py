@@ -7,6 +7,7 @@ records an earlier run of the same job committed are skipped (a ``skipped`` row 
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -25,6 +26,13 @@ class Plan:
     naming_key_id: str | None
 
 
+def _name_key(stem: str) -> str:
+    """What two output names share when a filesystem would store them as one file: case
+    (case-insensitive filesystems) and Unicode normalisation (NFC and NFD forms of one name:
+    macOS, and others that normalise)."""
+    return unicodedata.normalize("NFC", stem.lower())
+
+
 def plan_records(manifest: Manifest) -> Plan:
     """Listing plus the output stem of each record. Names are computed here, on the
     driver, so the naming secret never travels to workers. With ``naming: mirror`` two
@@ -38,15 +46,24 @@ def plan_records(manifest: Manifest) -> Plan:
     listing = listing.append_column("output_stem", pa.array(stems, pa.string()))
     refused: list[tuple[str, str, str, str]] = []
     by_stem: dict[str, list[int]] = {}
+    errors = listing.column("listing_error").to_pylist()
     for i, stem in enumerate(stems):
-        by_stem.setdefault(stem.lower(), []).append(i)
+        if errors[i] is None:  # refused by the listing: never written, so it cannot collide
+            by_stem.setdefault(_name_key(stem), []).append(i)
     clash = sorted(i for idx in by_stem.values() if len(idx) > 1 for i in idx)
     if clash:
         ids, uris = listing.column("record_id").to_pylist(), listing.column("uri").to_pylist()
         for i in clash:
-            others = ", ".join(rels[j] for j in by_stem[stems[i].lower()] if j != i)
+            twins = [j for j in by_stem[_name_key(stems[i])] if j != i]
+            others = ", ".join(rels[j] for j in twins)
+            why = ""
+            if any(stems[j].lower() != stems[i].lower() for j in twins):
+                why = ("; the names differ only in Unicode normalisation (NFC and NFD forms of one name), which "
+                       "macOS and other normalising filesystems store as one file")
+            elif any(stems[j] != stems[i] for j in twins):
+                why = "; the names differ only in case, which case-insensitive filesystems store as one file"
             refused.append((ids[i], uris[i], "name_collision",
-                            f"{uris[i]}: output.naming=mirror gives it the same output name as {others}; "
+                            f"{uris[i]}: output.naming=mirror gives it the same output name as {others}{why}; "
                             "rename one, or use naming: hash"))
         mask = pa.array([i not in set(clash) for i in range(len(stems))])
         listing = listing.filter(mask)

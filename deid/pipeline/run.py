@@ -148,8 +148,11 @@ def dry_run(manifest: Manifest, resume: bool = True) -> dict:
             keep = [r not in committed for r in plan.column("record_id").to_pylist()]
             skipped = keep.count(False)
             plan = plan.filter(pa.array(keep))
-    out = {"records": plan.num_rows + len(planned.refused) + skipped, "to_process": plan.num_rows,
-           "skipped_committed": skipped, "refused": len(planned.refused), "method": manifest.anonymize.method,
+    listed = plan.num_rows
+    plan = plan.filter(pc.is_null(plan.column("listing_error")))  # refused by the listing: never processed
+    refused = len(planned.refused) + listed - plan.num_rows
+    out = {"records": listed + len(planned.refused) + skipped, "to_process": plan.num_rows,
+           "skipped_committed": skipped, "refused": refused, "method": manifest.anonymize.method,
            "output_uri": manifest.output.uri, "audit_uri": manifest.audit_uri}
     if is_dp(manifest.anonymize.method):
         from deid.pipeline.budget import budget_picture

@@ -3,7 +3,8 @@
 :class:`ProcessRecords` is a Ray Data callable class (models load once, in ``__init__``)
 and also a plain callable: the Ray pipeline, the in-process engine and the tests all run
 this same code. Input batch columns: ``record_id, uri, output_stem`` (``subject_key`` for DP
-methods, ``stale`` on resume). Output: one audit row per input row (``deid.audit.schema``),
+methods, ``stale`` on resume; ``input_target``, ``listing_error`` and ``listing_message`` from
+the listing: a record the listing refused gets its ``failed`` row here and is never read). Output: one audit row per input row (``deid.audit.schema``),
 keyed by ``record_id``; no exception escapes for a bad record.
 
 :meth:`ProcessRecords.run_record` reads top to bottom in the record's order; each step is a
@@ -27,12 +28,13 @@ import numpy as np
 import pyarrow as pa
 
 from deid.anonymize import is_dp, make_anonymizer
-from deid.audit.check import NOT_APPLICABLE, IdentityChecker
+from deid.audit.check import CUT_BY_FRAME, NOT_APPLICABLE, IdentityChecker
 from deid.audit.policy import Decision, decide
 from deid.audit.rows import RunContext, face_row, now, record_row
 from deid.audit.schema import AUDIT_SCHEMA
 from deid.config.schema import Manifest
 from deid.faces import make_detector
+from deid.faces.types import cut_by_frame
 from deid.facts import FaceFacts
 from deid.io.decode import DecodeError, decode_image, read_input, sha256_hex
 from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, resolve_format
@@ -63,7 +65,8 @@ class Record:
     written: dict | None = None     # what was written, for the budget service (a retry may adopt it)
     scheduled: bool = False         # its write runs in the batch's I/O pool
     timings: dict = field(default_factory=dict)
-    small: list[bool] = field(default_factory=list)  # per face: below checks.min_face_px
+    small: list[bool] = field(default_factory=list)  # per face: below checks.min_face_px, or cut by the frame
+    cut: list[bool] = field(default_factory=list)    # per face: cut by the frame (checks.frame_cut)
 
     @property
     def uri(self) -> str:
@@ -141,13 +144,16 @@ class ProcessRecords:
         n = len(cols["record_id"])
         keys = cols.get("subject_key") or [None] * n
         stale = cols.get("stale") or [None] * n
-        data = self._read_all(cols["uri"])
+        targets = cols.get("input_target") or [None] * n
+        refused = list(zip(cols.get("listing_error") or [None] * n, cols.get("listing_message") or [None] * n))
+        data = self._read_all([None if code else uri for uri, (code, _) in zip(cols["uri"], refused)])
         self._deferred = [] if self._io_pool is not None else None
         try:
             rows = [
-                self.process_one(rid, uri, name, key, stale=old, data=blob)
-                for rid, uri, name, key, old, blob in zip(cols["record_id"], cols["uri"], cols["output_stem"], keys,
-                                                           stale, data)
+                self.process_one(rid, uri, name, key, stale=old, data=blob, input_target=target, refused=why)
+                for rid, uri, name, key, old, blob, target, why in zip(cols["record_id"], cols["uri"],
+                                                                       cols["output_stem"], keys, stale, data,
+                                                                       targets, refused)
             ]
         finally:
             jobs, self._deferred = self._deferred or [], None
@@ -159,6 +165,8 @@ class ProcessRecords:
         """Read a batch's inputs concurrently (object-store latency overlaps; no CPU taken
         from other actors). Each item is the bytes, or the exception its read raised."""
         def read(uri):
+            if uri is None:  # refused by the listing: never read
+                return None
             try:
                 return read_input(uri, self.in_opts)
             except Exception as exc:  # noqa: BLE001 - reported per record by read()
@@ -173,11 +181,20 @@ class ProcessRecords:
 
     # ------------------------------------------------------------------ one record
     def process_one(self, record_id: str, uri: str, output_stem: str, subject_key: str | None = None,
-                    stale: list[str] | None = None, data=None) -> dict:
+                    stale: list[str] | None = None, data=None, input_target: str | None = None,
+                    refused: tuple[str | None, str | None] = (None, None)) -> dict:
+        """One record's audit row. ``refused`` is the listing's ``(listing_error, listing_message)``:
+        when set, the record fails with that code and is not read (deid.io.listing)."""
         row = record_row(self.ctx, record_id, uri, method=self.anonymizer.name, params_json=self.params_json,
                          dp_scope=self.anonymizer.dp_scope)
+        row["input_target"] = input_target
         rec = Record(row=row, output_stem=output_stem, subject_key=subject_key, stale=stale)
         row["timings"] = rec.timings
+        if refused[0]:
+            rec.fail(refused[0], refused[1] or f"{uri}: refused by the listing")
+            row["timings"] = None  # nothing ran
+            row["processed_at"] = now()
+            return row
         try:
             self.run_record(rec, data)
             if stale and not rec.scheduled:  # else the deferred write clears them after writing
@@ -246,7 +263,9 @@ class ProcessRecords:
         with rec.timed("detect_ms"):
             faces = self.detector.detect(rgb)
         rec.row["n_faces"] = len(faces)
-        rec.small = [f.width < self.min_face_px for f in faces]
+        edge = self.m.checks.frame_cut == "small_face"
+        rec.cut = [edge and f.width >= self.min_face_px and cut_by_frame(f.box, rgb.shape[:2]) for f in faces]
+        rec.small = [f.width < self.min_face_px or cut for f, cut in zip(faces, rec.cut)]
         return faces
 
     def reserve(self, rec: Record, img, faces: list) -> list | None:
@@ -300,7 +319,8 @@ class ProcessRecords:
         big = [f for f, small in zip(faces, rec.small) if not small]
         with rec.timed("check_ms"):
             checks = self.checker.check(rgb, out, big) if big else []
-        return _merge(rec.small, checks, [NOT_APPLICABLE] * (len(faces) - len(big)))
+        return _merge(rec.small, checks, [CUT_BY_FRAME if cut else NOT_APPLICABLE
+                                          for cut, small in zip(rec.cut, rec.small) if small])
 
     def record_faces(self, rec: Record, faces: list, facts: list, checks: list, spent: list) -> None:
         rec.row["faces"] = [face_row(*entry) for entry in zip(faces, facts, checks, spent)]
