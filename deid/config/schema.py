@@ -23,7 +23,7 @@ from deid.anonymize.registry import DEFAULT_METHOD, METHODS, is_dp, method_plugi
 from deid.faces.registry import DEFAULT_DETECTOR, DETECTORS, default_gate, families
 from deid.faces.registry import members as detector_members
 from deid.latent.registry import DEFAULT_BACKEND as DEFAULT_LATENT
-from deid.latent.registry import LATENT_MODELS
+from deid.latent.registry import LATENT_MODELS, latent_mismatch
 from deid.plugins import validate_section
 
 #: Extensions listed by default (lower case). Other files under input.uri are not inputs.
@@ -286,6 +286,12 @@ class Manifest(_Section):
                 raise ValueError(f"checks.residual_detector: {gate.backend} is of the same model family "
                                  f"({', '.join(sorted(shared))}) as detect.backend {self.detect.backend}; the gate "
                                  "must be another family, or it misses the same faces")
+        method = method_plugin(self.anonymize.method)
+        if method.needs.latent:
+            why = latent_mismatch(method, LATENT_MODELS.get(self.latent.backend))
+            if why:
+                raise ValueError(f"latent.backend: {why}; set latent.backend to one that serves "
+                                 f"anonymize.method {method.name}")
         for where, plugin in self.plugins_used():
             if plugin.licence.non_commercial and plugin.name not in self.licences.accept_non_commercial:
                 raise ValueError(

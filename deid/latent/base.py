@@ -44,9 +44,13 @@ import numpy as np
 # over 100 faces of lfw-public-ref: jaw x 0.09..0.91, eyebrows y 0.18, chin y 0.97; the
 # ellipse adds the lower forehead. arcface5: the same oval mapped through the similarity
 # that takes dlib5's eye centres to arcface5's (approximate: a different point set).
+# ffhq: fitted the same way to dlib's 68 points on 23 MobileStyleGAN faces (psi 1; the FFHQ
+# crop at 1024 px): jaw x 0.20..0.78 (medians; yaw spreads them: p10-p90 0.08-0.30 and
+# 0.68-0.91), eyebrows y 0.37, chin y 0.94; the ellipse adds the lower forehead.
 FACE_OVALS: dict[str, tuple[float, float, float, float]] = {
     "dlib5": (0.5, 0.55, 0.40, 0.42),
     "arcface5": (0.5, 0.674, 0.361, 0.379),
+    "ffhq": (0.5, 0.64, 0.29, 0.31),
 }
 
 

@@ -5,6 +5,14 @@ A latent plug-in is one module in this package (or a third-party module behind a
 ``latent``: its params model subclasses :class:`LatentParams` and is what the manifest's
 ``latent`` section holds (with ``backend`` naming the plug-in); its factory returns a
 :class:`deid.latent.base.LatentModel`; ``needs.landmarks`` is the layout it aligns on.
+
+Kinds. A latent plug-in's ``needs.latent`` says what kind of latent model it is: ``codec``
+(the default when ``None``: it encodes photos and decodes codes; pca, torchscript),
+``generator`` (it draws faces from w and has no encoder: :mod:`deid.latent.generator`;
+mobilestylegan), or both joined by ``+`` (``generator+codec``: a generator with an encoder).
+A method's ``needs.latent`` is what it requires: ``any`` -- a model that encodes and decodes
+(``codec``) -- or ``generator``. :func:`latent_mismatch` is the one check; the manifest
+refuses a run whose latent model does not serve its method (at ``latent.backend``).
 """
 
 from __future__ import annotations
@@ -29,6 +37,43 @@ class LatentParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the model files")
+
+
+#: the kinds a latent model can be (see the module docstring)
+LATENT_KINDS = ("codec", "generator")
+#: what a method's ``needs.latent`` asks for -> the kind it needs
+_NEED_KIND = {"any": "codec", "codec": "codec", "generator": "generator"}
+
+
+def latent_kinds(plugin) -> frozenset[str]:
+    """The kinds a latent plug-in offers (``needs.latent``; ``None`` is ``codec``)."""
+    kinds = frozenset((plugin.needs.latent or "codec").split("+"))
+    unknown = kinds - set(LATENT_KINDS)
+    if unknown:
+        raise ValueError(f"latent plug-in {plugin.name!r}: unknown kind(s) {sorted(unknown)} (kinds: {', '.join(LATENT_KINDS)})")
+    return kinds
+
+
+def latent_mismatch(method_plugin, latent_plugin) -> str | None:
+    """Why ``latent_plugin`` cannot serve ``method_plugin`` (None when it can, or when the
+    method needs no latent model)."""
+    need = method_plugin.needs.latent
+    if not need:
+        return None
+    kind = _NEED_KIND.get(need)
+    if kind is None:
+        return f"method {method_plugin.name} declares an unknown latent need {need!r} (any, generator)"
+    offered = latent_kinds(latent_plugin)
+    if kind in offered:
+        return None
+    have = " and ".join(sorted(offered))
+    if kind == "generator":
+        gens = [p.name for p in LATENT_MODELS if "generator" in latent_kinds(p)]
+        return (f"method {method_plugin.name} needs a generator (a latent model that draws faces: "
+                f"{', '.join(gens) or 'none registered'}); {latent_plugin.name} is a {have}")
+    codecs = [p.name for p in LATENT_MODELS if "codec" in latent_kinds(p)]
+    return (f"method {method_plugin.name} encodes faces and needs a latent model with an encoder "
+            f"({', '.join(codecs)}); {latent_plugin.name} is a {have} without one")
 
 
 def load_latent_model(spec: Mapping[str, Any] | BaseModel | str | None = None, **overrides: Any) -> LatentModel:
