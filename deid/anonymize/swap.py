@@ -1,0 +1,219 @@
+"""``synthetic-swap``: the whole face replaced by a synthetic stranger that keeps the pose.
+
+After pose-consistent-anonymity.txt (Face Anonymity Based on Facial Pose Consistency): the
+identity comes from random sampling of a StyleGAN-family generator only; pose, expression, skin
+tone and lighting follow the original. deid's form of it needs no training:
+
+1. a bank of strangers (:mod:`deid.anonymize.strangers`) is generated once per machine from the
+   run's generator latent model (random latents, truncation ``truncation``) and cached, each with
+   its 468-point face mesh;
+2. each face gets the face mesh (MediaPipe's, on the face's box and eyes: any detector's faces,
+   the residual-face gate's included); among the ``candidates`` strangers whose pose and
+   expression are nearest (Procrustes distance of the meshes), one is drawn at random
+   (``stable: fresh``, OS entropy: a fresh stranger per release), or one is chosen by the face's
+   subject key (``stable: keyed``: the same stranger for a subject across photos);
+3. the stranger is warped onto the original's mesh triangle by triangle, colour-matched in Lab
+   inside the region (skin tone, lighting level) and blended in with a soft edge inside the
+   region (``blend: feather``) or by Poisson blending (``blend: poisson``);
+4. the region is the jaw line to the brows (``keep_forehead``, as in the paper) or the whole face
+   oval; every pixel outside it is left untouched.
+
+Not DP: the facts say ``dp_scope = none``. What is kept from the original: the mesh's geometry
+(face shape, pose, expression), the region's mean colour and contrast, and everything outside
+the region (hair, ears, forehead with ``keep_forehead``, background): photos of one person stay
+linkable through those. ``stable: keyed`` links them on purpose (one stranger per subject).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from deid.anonymize.registry import METHODS
+from deid.faces.types import Face
+from deid.facts import FaceFacts
+from deid.plugins import Licence, Needs, Plugin, path_field
+
+log = logging.getLogger(__name__)
+
+
+class SwapParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bank_size: int = Field(128, ge=8, le=100_000, description="strangers in the bank (built once per machine and "
+                           "cached; ~0.5 s each on 2 CPU cores): more strangers, nearer poses and fewer repeats")
+    bank_crop: int = Field(320, ge=128, le=1024, description="pixels of each stranger's face crop in the bank")
+    bank_dir: str | None = path_field(None, description="where banks are cached (default: $DEID_CACHE_DIR/strangers, "
+                                      "else ~/.cache/deid/strangers)")
+    truncation: float = Field(0.7, gt=0.0, le=1.0, description="generator truncation psi of the strangers (1: the "
+                              "whole latent distribution, more varied and more artefacts)")
+    candidates: int = Field(8, ge=1, le=1000, description="fresh: draw the stranger among this many nearest poses")
+    stable: Literal["fresh", "keyed"] = Field(
+        "fresh", description="fresh: a new random stranger for every face and release; keyed: one stranger per "
+        "subject key (input.subjects), across photos (links a subject's photos to each other on purpose)")
+    keep_forehead: bool = Field(True, description="replace jaw line to brows and keep the forehead (the paper), or "
+                                "the whole face oval")
+    blend: Literal["feather", "poisson"] = Field("feather", description="soft edge inside the region, or Poisson "
+                                                 "(gradient-domain) blending")
+    feather: float = Field(0.2, ge=0.0, le=1.0, description="soft edge width inside the region, x the eye distance")
+    colour_match: bool = Field(True, description="match the region's Lab mean and contrast to the original's")
+
+
+_BANKS: dict[str, Any] = {}
+_BANKS_LOCK = threading.Lock()
+
+
+def _key_index(key: str, n: int) -> int:
+    digest = hmac.new(b"deid-synthetic-swap", key.encode("utf-8"), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") % n
+
+
+def _eyes(face: Face) -> tuple[np.ndarray, np.ndarray]:
+    """The eye on the image's left, then the other, from any layout's five points."""
+    p = np.asarray(face.landmarks5, dtype=np.float64)
+    if face.landmark_layout == "dlib5":
+        return p[2:4].mean(0), p[0:2].mean(0)
+    return p[0], p[1]  # arcface5, blazeface5: the person's right eye (image left) first
+
+
+class SyntheticSwap:
+    name = "synthetic-swap"
+    dp_scope = "none"
+    release = None
+    #: the stage passes each face's subject key (``keys=``) when this is true
+    wants_subject_keys = False
+
+    def __init__(self, params: SwapParams | dict | None = None, latent: Any = None, mesher: Any = None):
+        self.params = params if isinstance(params, SwapParams) else SwapParams.model_validate(params or {})
+        self.wants_subject_keys = self.params.stable == "keyed"
+        if latent is None:
+            raise ValueError("synthetic-swap needs a generator latent model (latent.backend: a generator)")
+        from deid.faces.facemesh_backend import FaceMeshDetector
+
+        self.latent = latent
+        self.mesher = mesher or FaceMeshDetector()
+        self.bank = self._bank()
+        from deid.anonymize.swap_ops import delaunay
+
+        self.tris = delaunay(self.bank.points.mean(0))
+
+    # ------------------------------------------------------------------ the bank
+    def _bank(self):
+        from deid.anonymize.strangers import StrangerBank, bank_key, build_bank, cache_dir
+
+        p = self.params
+        gen = _generator(self.latent)
+        mesh_fp = hashlib.sha256(open(self.mesher.mesh_file, "rb").read()).hexdigest()
+        key = bank_key(gen.fingerprint, mesh_fp, p.bank_size, p.bank_crop, p.truncation)
+        path = cache_dir(p.bank_dir) / f"bank-{key}.npz"
+        with _BANKS_LOCK:
+            if key in _BANKS:
+                return _BANKS[key]
+            bank = None
+            if path.is_file():
+                try:
+                    bank = StrangerBank.load(path)
+                except (OSError, ValueError, KeyError) as exc:
+                    log.warning("%s: unreadable stranger bank (%s); building it again", path, exc)
+            if bank is None or len(bank) != p.bank_size:
+                bank = self._build(gen, key, path)
+            _BANKS[key] = bank
+            return bank
+
+    def _build(self, gen, key: str, path):
+        from tqdm import tqdm
+
+        from deid.anonymize.strangers import build_bank
+
+        p = self.params
+        rng = np.random.default_rng()  # OS entropy: the bank's strangers come from random latents only
+        with tqdm(total=p.bank_size, desc="stranger bank", unit="face", leave=False) as bar:
+            bank = build_bank(gen.images(rng, p.truncation), p.bank_size, p.bank_crop, self.mesher,
+                              fingerprint=key, progress=bar.update)
+        bank.save(path)
+        log.warning("built a bank of %d synthetic strangers: %s", len(bank), path)
+        return bank
+
+    # ------------------------------------------------------------------ one face
+    def mesh_of(self, rgb: np.ndarray, face: Face) -> np.ndarray | None:
+        """The face's 468 mesh points (image pixels): its own, or the face mesh run on its box."""
+        if face.mesh is not None:
+            return np.asarray(face.mesh, dtype=np.float64)[:, :2]
+        le, re = _eyes(face)
+        kp = np.stack([le, re, le, re, le, re])
+        pts, presence = self.mesher.mesh(rgb, np.asarray(face.box, dtype=np.float64), kp)
+        return pts[:, :2] if np.isfinite(pts).all() else None
+
+    def choose(self, points: np.ndarray, rng: np.random.Generator, key: str | None) -> int:
+        if self.params.stable == "keyed" and key:
+            return _key_index(key, len(self.bank))
+        near = self.bank.nearest(points, self.params.candidates)
+        return int(near[int(rng.integers(len(near)))])
+
+    def __call__(self, rgb: np.ndarray, faces: list[Face], rng: np.random.Generator | None = None,
+                 keys: list[str | None] | None = None) -> tuple[np.ndarray, list[FaceFacts]]:
+        from deid.anonymize.swap_ops import swap_face
+
+        rng = rng if rng is not None else np.random.default_rng()
+        p = self.params
+        out = np.array(rgb, copy=True)
+        facts = []
+        for i, face in enumerate(faces):
+            pts = self.mesh_of(rgb, face)
+            res = None
+            if pts is not None:
+                j = self.choose(pts, rng, (keys or [None] * len(faces))[i])
+                res = swap_face(rgb, pts, self.bank.crops[j], self.bank.points[j], self.tris,
+                                keep_forehead=p.keep_forehead, feather=p.feather, poisson=p.blend == "poisson",
+                                colour=p.colour_match)
+            if res is None:
+                facts.append(FaceFacts(method=self.name, extra={"swapped": False}))
+                continue
+            (x0, y0, x1, y1), pixels, alpha = res
+            a = alpha[..., None]
+            win = out[y0:y1, x0:x1].astype(np.float32)
+            mixed = a * pixels.astype(np.float32) + (1.0 - a) * win
+            # pixels outside the region (alpha 0) keep their exact values
+            out[y0:y1, x0:x1] = np.where(a > 0, np.clip(np.rint(mixed), 0, 255), win).astype(np.uint8)
+            facts.append(FaceFacts(method=self.name, extra={"stranger": p.stable, "swapped": True}))
+        return out, facts
+
+
+class _Generator:
+    """What the bank needs from a generator latent model (:class:`deid.latent.generator.GeneratorModel`):
+    its fingerprint, and images of strangers from random latents."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.fingerprint = model.fingerprint
+
+    def images(self, rng: np.random.Generator, truncation: float, batch: int = 1):
+        while True:
+            yield from self.model.generate(batch, rng, psi=truncation)
+
+
+def _generator(latent: Any) -> _Generator:
+    from deid.latent.registry import load_latent_model
+
+    model = latent if hasattr(latent, "generate") else load_latent_model(latent)
+    if not hasattr(model, "generate"):
+        raise ValueError(f"synthetic-swap needs a generator latent model; latent.backend "
+                         f"{getattr(latent, 'backend', type(model).__name__)} is not one")
+    return _Generator(model)
+
+
+METHODS.register(Plugin(
+    kind="method", name="synthetic-swap", params=SwapParams,
+    summary="the face (jaw to brows) replaced by a random synthetic stranger of the generator, in the original's "
+            "pose and expression (face mesh), colour-matched and blended; not DP",
+    factory=lambda p, latent=None: SyntheticSwap(p, latent=latent),
+    licence=Licence(code="Apache-2.0 (deid); face mesh: Apache-2.0 (MediaPipe)"),
+    needs=Needs(latent="generator"),
+    module=__name__,
+))

@@ -1,0 +1,152 @@
+"""Image operations of ``synthetic-swap``: the face region from a mesh, a piecewise-affine warp
+of a stranger onto the original's mesh, colour matching and seam blending.
+
+Every function works inside a window around one face, so a face costs what the face costs.
+No function reads or writes a pixel outside the face region of the mesh it is given
+(:func:`region_polygon`): :func:`swap_face` returns a window and an alpha that is 0 outside it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: MediaPipe's face oval from the temple on the image's right round the chin to the other temple
+JAW = (389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93,
+       234, 127, 162)
+#: the brows' upper contours, the person's right brow outer to inner, then the left inner to outer
+BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
+FULL_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176,
+             149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+RIGHT_EYE_C, LEFT_EYE_C = (33, 133), (263, 362)
+
+
+def eye_distance(points: np.ndarray) -> float:
+    p = np.asarray(points, dtype=np.float64)[:, :2]
+    return float(np.linalg.norm(p[list(RIGHT_EYE_C)].mean(0) - p[list(LEFT_EYE_C)].mean(0)))
+
+
+def region_polygon(points: np.ndarray, keep_forehead: bool = True, brow_lift: float = 0.25) -> np.ndarray:
+    """``float64 [m, 2]``: the replaced region of a face mesh, jaw line to brow. With
+    ``keep_forehead`` (the paper's choice: little identity, the skin tone) its top is the brow line
+    lifted by ``brow_lift`` x the eye distance; otherwise the whole face oval."""
+    p = np.asarray(points, dtype=np.float64)[:, :2]
+    if not keep_forehead:
+        return p[list(FULL_OVAL)]
+    eyes = (p[list(RIGHT_EYE_C)].mean(0) + p[list(LEFT_EYE_C)].mean(0)) / 2
+    chin = p[152]
+    up = eyes - chin
+    up /= max(np.linalg.norm(up), 1e-9)
+    # the jaw ends at the person's right temple; the brows go on from there to the left temple
+    brows = p[list(BROWS)] + brow_lift * eye_distance(p) * up
+    return np.concatenate([p[list(JAW)], brows])
+
+
+def delaunay(points: np.ndarray) -> np.ndarray:
+    """``int32 [t, 3]``: a Delaunay triangulation of ``points`` (scipy)."""
+    from scipy.spatial import Delaunay
+
+    return Delaunay(np.asarray(points, dtype=np.float64)).simplices.astype(np.int32)
+
+
+def _affines(dst: np.ndarray, src: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    """``[t, 2, 3]``: for each triangle, the affine map from ``dst`` to ``src`` coordinates."""
+    d = dst[tris]                                        # t, 3, 2
+    s = src[tris]
+    dh = np.concatenate([d, np.ones(d.shape[:2] + (1,))], axis=2)   # t, 3, 3
+    # solve dh @ A.T = s for each triangle; degenerate ones fall back to least squares
+    out = np.empty((len(tris), 2, 3))
+    det = np.linalg.det(dh)
+    ok = np.abs(det) > 1e-9
+    out[ok] = np.linalg.solve(dh[ok], s[ok]).transpose(0, 2, 1)
+    if (~ok).any():
+        out[~ok] = np.nan
+    return out
+
+
+def warp_piecewise(src_img: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray,
+                   window: tuple[int, int, int, int]) -> np.ndarray:
+    """``src_img`` warped so that ``src_pts`` land on ``dst_pts`` (image coordinates), triangle by
+    triangle, rendered into ``window`` = ``(x0, y0, x1, y1)`` of the destination. Pixels no
+    triangle covers use the least-squares affine map of all points."""
+    x0, y0, x1, y1 = window
+    w, h = x1 - x0, y1 - y0
+    dst = np.asarray(dst_pts, dtype=np.float64)[:, :2] - (x0, y0)
+    src = np.asarray(src_pts, dtype=np.float64)[:, :2]
+    aff = _affines(dst, src, tris)
+    idx = np.zeros((h, w), np.int32)
+    for t in np.flatnonzero(~np.isnan(aff[:, 0, 0])):
+        cv2.fillConvexPoly(idx, np.round(dst[tris[t]] * 16).astype(np.int32), int(t) + 1, lineType=cv2.LINE_8, shift=4)
+    glob, _ = cv2.estimateAffine2D(dst.astype(np.float32), src.astype(np.float32), method=cv2.LMEDS)
+    if glob is None:
+        glob = np.array([[1, 0, 0], [0, 1, 0]], np.float64)
+    table = np.concatenate([glob[None], np.nan_to_num(aff, nan=0.0)], axis=0)   # index 0: the global map
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = table[idx].astype(np.float32)                   # h, w, 2, 3
+    mx = a[..., 0, 0] * xx + a[..., 0, 1] * yy + a[..., 0, 2]
+    my = a[..., 1, 0] * xx + a[..., 1, 1] * yy + a[..., 1, 2]
+    return cv2.remap(src_img, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def match_colour(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, max_ratio: float = 1.6) -> np.ndarray:
+    """``src`` with the mean and spread of ``dst`` inside ``mask`` per Lab channel (Reinhard):
+    the skin tone and the lighting level of the original, not its features."""
+    m = mask.astype(bool)
+    if m.sum() < 16:
+        return src
+    s = cv2.cvtColor(src.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    d = cv2.cvtColor(dst.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    out = np.empty_like(s)
+    for c in range(3):
+        ms, sd = s[..., c][m].mean(), s[..., c][m].std() + 1e-6
+        md, dd = d[..., c][m].mean(), d[..., c][m].std() + 1e-6
+        r = float(np.clip(dd / sd, 1.0 / max_ratio, max_ratio))
+        out[..., c] = (s[..., c] - ms) * r + md
+    rgb = cv2.cvtColor(out, cv2.COLOR_LAB2RGB)
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, stranger_pts: np.ndarray,
+              tris: np.ndarray, keep_forehead: bool = True, feather: float = 0.08, poisson: bool = True,
+              colour: bool = True) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """The stranger warped onto the face with mesh ``points`` in ``rgb``: ``(window, pixels,
+    alpha)``, where ``alpha`` (float32, window-sized) is 1 inside the face region, ramps to 0 over
+    ``feather`` x the eye distance *inside* its edge, and is 0 outside it. None when the region
+    is empty in the image (a face at the frame edge whose region lies outside)."""
+    h, w = rgb.shape[:2]
+    poly = region_polygon(points, keep_forehead)
+    pad = 3
+    x0, y0 = np.floor(poly.min(0)).astype(int) - pad
+    x1, y1 = np.ceil(poly.max(0)).astype(int) + pad + 1
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return None
+    region = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(region, [np.round((poly - (x0, y0)) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    if region.sum() < 16:
+        return None
+    orig = rgb[y0:y1, x0:x1]
+    warped = warp_piecewise(stranger, stranger_pts, points, tris, (x0, y0, x1, y1))
+    core = cv2.erode(region, np.ones((3, 3), np.uint8))
+    if colour:
+        warped = match_colour(warped, orig, core)
+    out = warped
+    if poisson and core.sum() > 64:
+        # Poisson (gradient-domain) blending: the seam takes the original's boundary colours;
+        # cloned on a padded copy, since OpenCV wants the mask off the image border
+        P = 4
+        src = cv2.copyMakeBorder(warped, P, P, P, P, cv2.BORDER_REFLECT)
+        dst = cv2.copyMakeBorder(orig, P, P, P, P, cv2.BORDER_REFLECT)
+        msk = cv2.copyMakeBorder(core * 255, P, P, P, P, cv2.BORDER_CONSTANT, value=0)
+        ys, xs = np.nonzero(msk)
+        bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        center = ((bx0 + bx1) // 2, (by0 + by1) // 2)
+        try:
+            cloned = cv2.seamlessClone(src, dst, msk, center, cv2.NORMAL_CLONE)
+            out = cloned[P:-P, P:-P]
+        except cv2.error:
+            out = warped
+    feather_px = max(1.0, feather * eye_distance(points))
+    inside = cv2.distanceTransform(region, cv2.DIST_L2, 5)
+    alpha = np.clip(inside / feather_px, 0.0, 1.0).astype(np.float32) * region
+    return (x0, y0, x1, y1), out, alpha
