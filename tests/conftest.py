@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ VOC = GROUP / "voc"
 # Tests must never touch the user's real naming key.
 os.environ.setdefault("DEID_NAMING_KEY", "test-naming-key-not-secret")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# ... nor its local run state (the audit journal, deid.audit.journal): one folder per test session
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="deid-test-state-")
 
 
 def lfw_images() -> list[Path]:

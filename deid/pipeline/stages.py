@@ -81,8 +81,27 @@ class Record:
         self.row.update(status="failed", error_code=code, error=message)
 
 
+#: the error of a record the stage did not release because the driver stopped the run
+STOPPED = "not released: the run stopped releasing images because its audit could not be written; deid run again redoes it"
+
+
+class StopSignal:
+    """The driver's switch that stops releases (a plain object in-process, a Ray actor for
+    the pool): once :meth:`stop` is called, the stage writes no further output; records not
+    yet written come back ``failed`` with ``error_code = lost`` (deid.pipeline.run)."""
+
+    def __init__(self) -> None:
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def stopped(self) -> bool:
+        return self._stopped
+
+
 class ProcessRecords:
-    def __init__(self, manifest: dict, ctx: dict, budget=None):
+    def __init__(self, manifest: dict, ctx: dict, budget=None, stop=None, workers: int = 1):
         self.m = Manifest.model_validate(manifest)
         self.ctx = RunContext(**ctx)
         self.detector = make_detector(self.m.detect)
@@ -91,6 +110,8 @@ class ProcessRecords:
         if self.dp and budget is None:
             raise ValueError(f"method {self.m.anonymize.method} needs the budget service")
         self.budget = budget
+        self.stop = stop
+        self._stopped = False
         # faces too small for the identity check get an irreversible treatment instead
         self.min_face_px = self.m.checks.min_face_px
         self.small_face = make_anonymizer("mask") if self.m.checks.small_face == "mask" else \
@@ -139,6 +160,9 @@ class ProcessRecords:
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
         cols = batch.to_pydict() if isinstance(batch, pa.Table) else {k: list(v) for k, v in batch.items()}
         n = len(cols["record_id"])
+        if self.stopped():  # the run is stopping: nothing of this batch is read or written
+            return pa.Table.from_pylist([self._stopped_row(r, u) for r, u in zip(cols["record_id"], cols["uri"])],
+                                        schema=AUDIT_SCHEMA)
         keys = cols.get("subject_key") or [None] * n
         stale = cols.get("stale") or [None] * n
         data = self._read_all(cols["uri"])
@@ -154,6 +178,18 @@ class ProcessRecords:
             if jobs:  # wait for every write of the batch
                 list(self._io_pool.map(lambda job: job(), jobs))
         return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
+
+    def stopped(self) -> bool:
+        """Has the driver stopped releases? (asked before every write; once true, stays true)"""
+        if not self._stopped and self.stop is not None:
+            self._stopped = bool(call(self.stop, "stopped"))
+        return self._stopped
+
+    def _stopped_row(self, record_id: str, uri: str) -> dict:
+        row = record_row(self.ctx, record_id, uri, method=self.anonymizer.name, params_json=self.params_json,
+                         dp_scope=self.anonymizer.dp_scope, error_code="lost", error=f"{uri}: {STOPPED}")
+        row["processed_at"] = now()
+        return row
 
     def _read_all(self, uris: list[str]) -> list:
         """Read a batch's inputs concurrently (object-store latency overlaps; no CPU taken
@@ -329,6 +365,9 @@ class ProcessRecords:
     # ------------------------------------------------------------------ writing
     def _write(self, rec: Record, fs, path: str, blob: bytes, status: str, encode_ms: float) -> None:
         t = time.perf_counter()
+        if self.stopped():  # the driver can no longer record it: release nothing more
+            rec.timings["write_ms"] = round(encode_ms, 3)
+            return rec.fail("lost", f"{rec.uri}: {STOPPED}")
         try:
             atomic_write(fs, path, blob)
         except OSError as exc:
