@@ -164,7 +164,7 @@ def ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None
 def local_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None, stop=None):
     """The same stage, in this process, without Ray (benchmark baseline, debugging). Batches
     run one at a time as they are asked for, so after a halt no further batch starts."""
-    stage = ProcessRecords(manifest.model_dump(mode="json"), ctx.__dict__, budget, stop=stop, workers=1)
+    stage = ProcessRecords(manifest.model_dump(mode="json"), ctx.__dict__, budget, stop=stop, workers=None)
     bs = manifest.run.batch_size
     for i in range(0, plan.num_rows, bs):
         if stop is not None and stop.stopped():

@@ -7,7 +7,8 @@ Contract:
   committed record a ``skipped`` row (``resumed_from`` = the run whose row stands) and does
   not process it again, so nothing is charged twice for it;
 * rows that do not commit a record: ``failed`` with a transient code (``lost``,
-  ``read_error``, ``write_error``, ``internal_error``), ``budget_exhausted`` (a cap may have
+  ``read_error``, ``write_error``, ``internal_error``, and ``too_many_pixels_for_memory``, which
+  depends on the workers' memory), ``budget_exhausted`` (a cap may have
   been raised) and ``skipped`` rows themselves; such records are processed again;
 * a record that is processed again may have left an output from an attempt whose audit
   row never reached disk (the run was killed in between): those paths travel with the
@@ -37,7 +38,8 @@ from deid.io.write import TMP_PREFIX, display_uri, is_local
 
 log = logging.getLogger("deid")
 
-RETRY_CODES = frozenset({"lost", "read_error", "write_error", "internal_error"})
+# too_many_pixels_for_memory depends on the workers' memory, not on the file: a run on bigger workers retries it
+RETRY_CODES = frozenset({"lost", "read_error", "write_error", "internal_error", "too_many_pixels_for_memory"})
 _COLUMNS = ["run_id", "record_id", "status", "error_code", "output_uri", "output_sha256", "n_faces", "job_sha256",
             "processed_at"]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from deid.audit.schema import AUDIT_SCHEMA
 from deid.config.schema import Manifest
 from deid.faces import make_detector
 from deid.facts import FaceFacts
-from deid.io.decode import DecodeError, decode_image, read_input, sha256_hex
+from deid.io.decode import DecodeError, PixelBounds, decode_image, read_input, sha256_hex
 from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, resolve_format
 from deid.privacy.service import call
 
@@ -101,7 +102,7 @@ class StopSignal:
 
 
 class ProcessRecords:
-    def __init__(self, manifest: dict, ctx: dict, budget=None, stop=None, workers: int = 1):
+    def __init__(self, manifest: dict, ctx: dict, budget=None, stop=None, workers: int | None = None):
         self.m = Manifest.model_validate(manifest)
         self.ctx = RunContext(**ctx)
         self.detector = make_detector(self.m.detect)
@@ -131,6 +132,7 @@ class ProcessRecords:
         self.params_json = json.dumps(self.m.anonymize.params, sort_keys=True)
         self.rng = np.random.default_rng()  # OS entropy; classical methods do not use it
         self.read_threads = self.m.run.read_threads
+        self.bounds = self._pixel_bounds(workers)
         # Outputs are written by a thread pool while the next records are processed (a local
         # write waits on fsync, an object store on its PUT). A batch returns only when all its
         # writes are done, so a row never says "released" before its file exists. DP records
@@ -141,6 +143,19 @@ class ProcessRecords:
 
             self._io_pool = ThreadPoolExecutor(max_workers=self.m.run.write_threads, thread_name_prefix="deid-write")
         self._deferred: list | None = None
+
+    def _pixel_bounds(self, workers: int | None) -> PixelBounds:
+        """The decode caps besides run.max_pixels: pixels per byte, and what this worker's memory
+        holds (deid.pipeline.memory; ``workers``: the Ray pool size, None in-process)."""
+        from deid.pipeline.memory import worker_memory
+
+        r = self.m.run
+        mem, source = worker_memory(workers, r.gpus_per_actor)
+        bounds = PixelBounds(per_byte=r.max_pixels_per_byte or None, memory_bytes=mem,
+                             fraction=r.worker_memory_fraction, bytes_per_pixel=r.bytes_per_pixel, memory_from=source)
+        logging.getLogger("deid").info("decode bound: %s pixels (%s: %.1f GiB)", f"{bounds.memory_pixels:,}", source,
+                                       mem / 2**30)
+        return bounds
 
     def _make_gate(self):
         """The residual-face gate (deid.audit.residual), or None when checks.residual is off."""
@@ -268,7 +283,7 @@ class ProcessRecords:
         """The decoded image (pixel cap, EXIF orientation, RGB); None when it is not one."""
         with rec.timed("decode_ms"):
             try:
-                img = decode_image(data, max_pixels=self.m.run.max_pixels, name=rec.uri)
+                img = decode_image(data, max_pixels=self.m.run.max_pixels, name=rec.uri, bounds=self.bounds)
             except DecodeError as exc:
                 rec.row["input_sha256"] = sha256_hex(data)
                 rec.fail(exc.code, exc.message)
