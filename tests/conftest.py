@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ os.environ.setdefault("DEID_NAMING_KEY", "test-naming-key-not-secret")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # ... nor its local run state (the audit journal, deid.audit.journal): one folder per test session
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="deid-test-state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], True)
 
 
 def lfw_images() -> list[Path]:

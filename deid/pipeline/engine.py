@@ -199,8 +199,14 @@ def results(engine: str, manifest: Manifest, plan: pa.Table, ctx: RunContext, bu
 
     if engine == "ray":
         ray = init_ray(manifest)
-        # a tiny actor every stage actor asks before each write; closed by the driver
-        stop = ray.remote(StopSignal).options(num_cpus=0, max_concurrency=64).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # a tiny actor every stage actor asks before each write, set by the driver; on the
+        # driver's node, so it lives as long as the driver (if it is gone, the stage releases nothing)
+        here = ray.get_runtime_context().get_node_id()
+        stop = ray.remote(StopSignal).options(
+            num_cpus=0, max_concurrency=64, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+        ).remote()
         return Results(ray_results(manifest, plan, ctx, budget, stop), stop)
     stop = StopSignal()
     return Results(local_results(manifest, plan, ctx, budget, stop), stop)

@@ -197,7 +197,10 @@ class ProcessRecords:
     def stopped(self) -> bool:
         """Has the driver stopped releases? (asked before every write; once true, stays true)"""
         if not self._stopped and self.stop is not None:
-            self._stopped = bool(call(self.stop, "stopped"))
+            try:
+                self._stopped = bool(call(self.stop, "stopped"))
+            except Exception:  # noqa: BLE001 - the switch is gone with its driver: release nothing more
+                self._stopped = True
         return self._stopped
 
     def _stopped_row(self, record_id: str, uri: str) -> dict:
