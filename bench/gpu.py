@@ -203,9 +203,9 @@ class ProbedProcessRecords(ProcessRecords):
 
     probe_dir = ""
 
-    def __init__(self, manifest, ctx, budget=None):
+    def __init__(self, manifest, ctx, budget=None, **kwargs):  # stop, workers: as the engine passes them
         t = time.perf_counter()
-        super().__init__(manifest, ctx, budget)
+        super().__init__(manifest, ctx, budget, **kwargs)
         info = {"pid": os.getpid(), "init_s": round(time.perf_counter() - t, 3),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,9 @@ os.environ.setdefault("DEID_NAMING_KEY", "test-naming-key-not-secret")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # ... nor the user's cache (generator statistics): one kept beside the tests, across sessions
 os.environ.setdefault("DEID_CACHE_DIR", str(REPO / ".pytest_cache" / "deid-cache"))
+# ... nor its local run state (the audit journal, deid.audit.journal): one folder per test session
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="deid-test-state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], True)
 
 
 def lfw_images() -> list[Path]:

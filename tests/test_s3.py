@@ -83,9 +83,13 @@ def _s3_manifest(src: str, dst: str, opts: dict[str, dict] | None) -> dict:
 
 
 def _check_writes(s3: MotoS3, reqs, src: str, dst: str, df: pd.DataFrame) -> None:
-    """Atomic on S3: one PUT per object, no multipart, no copy, no delete, nothing
-    under the input bucket, nothing but the outputs under the release/quarantine prefixes."""
-    writes = [r for r in reqs if r.writes]
+    """Atomic on S3: one PUT per object, no multipart, no copy, no delete but the audit's
+    write probe (removed before any image is written), nothing under the input bucket, nothing but the outputs under the release/quarantine prefixes."""
+    # the audit's write probe (one PUT and one DELETE of a hidden key, before anything else)
+    probe = [r for r in reqs if r.writes and r.key.startswith("audit/records/.deid-tmp-probe-")]
+    assert [r.method for r in probe] == ["PUT", "DELETE"] and probe[0].key == probe[1].key, probe
+    assert reqs.index(probe[1]) < min(i for i, r in enumerate(reqs) if r.writes and r.key.startswith("release/"))
+    writes = [r for r in reqs if r.writes and r not in probe]
     assert writes and all(r.method == "PUT" and r.bucket == dst for r in writes), \
         [r for r in writes if r.method != "PUT" or r.bucket != dst]
     assert not any(("uploads" in r.query or "uploadId" in r.query or "partNumber" in r.query) for r in reqs)

@@ -72,7 +72,7 @@ def run(
                          resume=resume)
     except (ListingError, RunError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from None  # 1: the run started and stopped early
     s = result.summary
     if s["inputs"] == 0:
         typer.echo(f"warning: no inputs under {m.input.uri} matched input.glob {m.input.glob} "

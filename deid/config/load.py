@@ -124,6 +124,7 @@ def _fmt_msg(err: dict) -> str:
 _PATH_FIELDS = (
     ("input", "uri"), ("input", "subjects"), ("output", "uri"), ("output", "quarantine_uri"),
     ("output", "naming_key_file"), ("audit", "uri"), ("privacy", "ledger"), ("privacy", "subject_key_file"),
+    ("run", "state_dir"),
 )
 
 

@@ -241,8 +241,35 @@ class RunConfig(_Section):
                                "records (overlaps fsync / object-store PUTs; threads, not CPUs); 0: write in line. "
                                "DP methods always write in line")
     max_pixels: int = Field(64_000_000, ge=1, description="decode refuses images with more pixels (decompression bombs)")
+    max_pixels_per_byte: float = Field(
+        500.0, ge=0.0, description="decode refuses images of more than 1 Mpx whose header claims more pixels per "
+        "byte of file than this (too_many_pixels_for_size: RLE BMP, PNG, GIF, WebP bombs; real photos measure "
+        "at most 12 px/B stored, 78 px/B re-encoded at WebP quality 30); 0: off")
+    bytes_per_pixel: float = Field(
+        300.0, gt=0.0, description="peak memory a worker needs per image pixel to decode, detect, anonymize, "
+        "gate, check and encode it (measured: 195-269 B/px with the default detectors at full size; lower it "
+        "when detect.max_side is set)")
+    worker_memory_fraction: float = Field(
+        0.7, gt=0.0, le=1.0, description="the share of a worker's memory one image may take: images of more "
+        "than worker_memory_fraction x the worker's memory / bytes_per_pixel pixels fail with "
+        "too_many_pixels_for_memory before decoding (a worker's memory: its node's memory over the deid "
+        "workers on that node, within the container's limit)")
+    state_dir: str | None = Field(
+        None, description="local folder for the driver's run state: the audit journal (rows not yet written to "
+        "audit.uri, which the next run writes first); default $XDG_STATE_HOME/deid, else ~/.local/state/deid. "
+        "On the driver's machine; never inside the input, release, quarantine or audit")
     progress: bool = True
     object_store_memory: int | None = Field(None, ge=75 * 1024 * 1024, description="embedded Ray object store bytes")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _local_state(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if "://" in v and not v.lower().startswith(("file://", "local://")):
+            raise ValueError(f"{v}: the run state (the audit journal) is kept on the driver's local disk; "
+                             "give a local path")
+        return v.split("://", 1)[1] if "://" in v else v
 
 
 class Manifest(_Section):

@@ -2,8 +2,11 @@
 
 Contract:
 * never raises anything but :class:`DecodeError` for bad data (the batch goes on);
-* the pixel cap is checked from the header, *before* pixels are decoded, so a
-  decompression bomb costs a header read, not gigabytes;
+* the pixel caps are checked from the header, *before* pixels are decoded, so a
+  decompression bomb costs a header read, not gigabytes: ``max_pixels`` (``run.max_pixels``),
+  pixels per byte of file (:class:`PixelBounds.per_byte`, above :data:`RATIO_FLOOR_PIXELS`:
+  a 1.2 KB RLE8 BMP that claims 64 Mpx, a 1-bit PNG of zeros, a GIF or WebP of one colour),
+  and the pixels the worker's memory can hold (:class:`PixelBounds.memory_pixels`);
 * EXIF orientation is applied, then the image is converted to 8-bit RGB:
   greyscale, palette, CMYK, RGBA/LA (alpha composited on white), 16-bit and 32-bit
   integer and float modes are all accepted and converted; integer samples are scaled by
@@ -14,7 +17,7 @@ Contract:
 
 Error codes (stable, documented in docs/audit.md): ``empty_file``, ``not_an_image``,
 ``bad_header``, ``unsupported``, ``truncated``, ``corrupt``, ``too_many_pixels``,
-``bad_dimensions``; and from :func:`read_input`, which the pipeline stage calls first:
+``too_many_pixels_for_size``, ``too_many_pixels_for_memory``, ``bad_dimensions``; and from :func:`read_input`, which the pipeline stage calls first:
 ``read_error`` and ``not_a_file``.
 
 ``not_an_image`` means no image format claims the bytes; ``bad_header`` means the first
@@ -40,6 +43,35 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # deid enforces its own cap (run.max_pixels) before decoding; PIL's global cap would
 # raise a different exception type at a different threshold.
 Image.MAX_IMAGE_PIXELS = None
+
+
+#: images of at most this many pixels are never refused for their pixels per byte: processing
+#: one costs at most a few hundred MB, and small flat images (icons, renders) compress that well
+RATIO_FLOOR_PIXELS = 1_000_000
+
+
+@dataclass(frozen=True)
+class PixelBounds:
+    """The caps :func:`decode_image` checks from the header besides ``max_pixels``.
+
+    ``per_byte``: the most pixels per byte of file (0 or None: off), for images above
+    :data:`RATIO_FLOOR_PIXELS`. Uncompressed formats hold at least one bit per pixel, so only
+    compressed data (RLE, deflate, LZW, VP8L, progressive-JPEG end-of-band runs) can exceed it.
+    ``memory_bytes`` x ``fraction`` / ``bytes_per_pixel``: the most pixels the worker's
+    memory can take through the whole stage (decode, detect, anonymize, check, encode);
+    ``memory_from`` says where ``memory_bytes`` comes from, for the message."""
+
+    per_byte: float | None = None
+    memory_bytes: int | None = None
+    fraction: float = 1.0
+    bytes_per_pixel: float = 1.0
+    memory_from: str = ""
+
+    @property
+    def memory_pixels(self) -> int | None:
+        if not self.memory_bytes:
+            return None
+        return int(self.memory_bytes * self.fraction / self.bytes_per_pixel)
 
 
 class DecodeError(Exception):
@@ -201,8 +233,42 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_pixels: int, name: str = "") -> Decoded:
-    """Decode ``data``; ``name`` is used only in error messages."""
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_bounds(w: int, h: int, size: int, max_pixels: int, bounds: PixelBounds | None, label: str) -> None:
+    """Refuse a ``w`` x ``h`` image of ``size`` bytes (from its header) that a cap does not allow."""
+    px = w * h
+    if px > max_pixels:
+        raise DecodeError(
+            "too_many_pixels",
+            f"{label}: {w}x{h} = {px:,} pixels exceeds run.max_pixels = {max_pixels:,} (possible decompression bomb)",
+        )
+    if bounds is None:
+        return
+    if bounds.per_byte and px > RATIO_FLOOR_PIXELS and px > bounds.per_byte * size:
+        raise DecodeError(
+            "too_many_pixels_for_size",
+            f"{label}: {w}x{h} = {px:,} pixels in a file of {size:,} bytes ({px / max(size, 1):,.0f} pixels per "
+            f"byte) exceeds run.max_pixels_per_byte = {bounds.per_byte:g}: a decompression bomb (real photos store "
+            f"under 15 pixels per byte); not decoded",
+        )
+    cap = bounds.memory_pixels
+    if cap is not None and px > cap:
+        raise DecodeError(
+            "too_many_pixels_for_memory",
+            f"{label}: {w}x{h} = {px:,} pixels exceeds this worker's memory bound of {cap:,} pixels "
+            f"(run.worker_memory_fraction {bounds.fraction:g} x {_gib(bounds.memory_bytes)} of {bounds.memory_from} "
+            f"/ run.bytes_per_pixel {bounds.bytes_per_pixel:g}): processing it would take about "
+            f"{_gib(px * bounds.bytes_per_pixel)}; not decoded. Give each worker more memory (fewer run.actors per "
+            f"node, or bigger nodes) and run again: a resumed run retries it",
+        )
+
+
+def decode_image(data: bytes, *, max_pixels: int, name: str = "", bounds: PixelBounds | None = None) -> Decoded:
+    """Decode ``data``; ``name`` is used only in error messages. ``bounds``: the caps besides
+    ``max_pixels``, checked from the header as it is (:class:`PixelBounds`)."""
     label = name or "<bytes>"
     if len(data) == 0:
         raise DecodeError("empty_file", f"{label}: file is empty (0 bytes)")
@@ -217,11 +283,7 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "") -> Decoded:
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise DecodeError("bad_dimensions", f"{label}: image header says {w}x{h}")
-            if w * h > max_pixels:
-                raise DecodeError(
-                    "too_many_pixels",
-                    f"{label}: {w}x{h} = {w * h:,} pixels exceeds run.max_pixels = {max_pixels:,} (possible decompression bomb)",
-                )
+            check_bounds(w, h, len(data), max_pixels, bounds, label)
             frames = int(getattr(im, "n_frames", 1) or 1)
             fmt = im.format or "unknown"
             src_mode = im.mode

@@ -95,7 +95,33 @@ def pool_plan(manifest: Manifest, resources: dict) -> tuple[int, dict]:
 FROM_ITEMS_MAX_ROWS = 200_000
 
 
-def ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None):
+class Results:
+    """The audit tables of a run as they come, and :meth:`halt`: stop releasing. After a halt
+    the tables keep coming until every batch has answered (those already written carry
+    their rows; the rest come back ``lost``, writing nothing), so iterate to the end."""
+
+    def __init__(self, tables, stop=None):
+        self._tables = iter(tables)
+        self.stop = stop
+        self.halted = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> pa.Table:
+        return next(self._tables)
+
+    def halt(self) -> None:
+        if self.halted:
+            return
+        self.halted = True
+        if self.stop is not None:
+            from deid.privacy.service import call
+
+            call(self.stop, "stop")  # returns once the switch is set: no write starts after this
+
+
+def ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None, stop=None):
     """Yield audit tables from the Ray Data plan as actors finish batches."""
     ray = init_ray(manifest)
     import ray.data
@@ -124,7 +150,8 @@ def ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None
         ds = ray.data.from_arrow([plan.slice(i, rows_per_block) for i in range(0, n, rows_per_block)])
     ds = ds.map_batches(
         ProcessRecords,
-        fn_constructor_kwargs={"manifest": manifest.model_dump(mode="json"), "ctx": ctx.__dict__, "budget": budget},
+        fn_constructor_kwargs={"manifest": manifest.model_dump(mode="json"), "ctx": ctx.__dict__, "budget": budget,
+                               "stop": stop, "workers": actors},
         batch_size=bs,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=actors),
@@ -134,11 +161,14 @@ def ray_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None
         yield batch
 
 
-def local_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None):
-    """The same stage, in this process, without Ray (benchmark baseline, debugging)."""
-    stage = ProcessRecords(manifest.model_dump(mode="json"), ctx.__dict__, budget)
+def local_results(manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None, stop=None):
+    """The same stage, in this process, without Ray (benchmark baseline, debugging). Batches
+    run one at a time as they are asked for, so after a halt no further batch starts."""
+    stage = ProcessRecords(manifest.model_dump(mode="json"), ctx.__dict__, budget, stop=stop, workers=None)
     bs = manifest.run.batch_size
     for i in range(0, plan.num_rows, bs):
+        if stop is not None and stop.stopped():
+            return  # the driver gives the records never started their rows
         yield stage(plan.slice(i, bs))
 
 
@@ -160,12 +190,26 @@ def root_cause(exc: BaseException) -> str:
 
 
 
-def results(engine: str, manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None):
-    """The audit tables of ``plan`` run on ``engine`` (``ray`` or ``local``)."""
+def results(engine: str, manifest: Manifest, plan: pa.Table, ctx: RunContext, budget=None) -> Results:
+    """The audit tables of ``plan`` run on ``engine`` (``ray`` or ``local``), with the switch
+    that stops releases (:class:`Results`)."""
     if not plan.num_rows:
-        return iter(())
-    run = ray_results if engine == "ray" else local_results
-    return run(manifest, plan, ctx, budget)
+        return Results(())
+    from deid.pipeline.stages import StopSignal
+
+    if engine == "ray":
+        ray = init_ray(manifest)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # a tiny actor every stage actor asks before each write, set by the driver; on the
+        # driver's node, so it lives as long as the driver (if it is gone, the stage releases nothing)
+        here = ray.get_runtime_context().get_node_id()
+        stop = ray.remote(StopSignal).options(
+            num_cpus=0, max_concurrency=64, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+        ).remote()
+        return Results(ray_results(manifest, plan, ctx, budget, stop), stop)
+    stop = StopSignal()
+    return Results(local_results(manifest, plan, ctx, budget, stop), stop)
 
 
 ENGINES = ("auto", "ray", "local")

@@ -7,10 +7,10 @@ Contract:
   committed record a ``skipped`` row (``resumed_from`` = the run whose row stands) and does
   not process it again, so nothing is charged twice for it;
 * rows that do not commit a record: ``failed`` with a transient code (``lost``,
-  ``read_error``, ``write_error``, ``internal_error``) or a listing refusal (``bad_name``,
-  ``symlink_outside``, ``symlink``: judged again by the new run's listing),
-  ``budget_exhausted`` (a cap may have been raised) and ``skipped`` rows themselves; such
-  records are processed again;
+  ``read_error``, ``write_error``, ``internal_error``, and ``too_many_pixels_for_memory``, which
+  depends on the workers' memory) or a listing refusal (``bad_name``, ``symlink_outside``,
+  ``symlink``: judged again by the new run's listing), ``budget_exhausted`` (a cap may have been
+  raised) and ``skipped`` rows themselves; such records are processed again;
 * a record that is processed again may have left an output from an attempt whose audit
   row never reached disk (the run was killed in between): those paths travel with the
   record (``stale`` column) and the worker removes whichever of them is not its final
@@ -43,7 +43,8 @@ log = logging.getLogger("deid")
 #: (deid.io.listing), which every run judges again from its own listing at no cost (the usual
 #: fix, replacing a link by the file it points to, keeps the record's path and id)
 LISTING_CODES = frozenset({"bad_name", "symlink_outside", "symlink"})
-RETRY_CODES = frozenset({"lost", "read_error", "write_error", "internal_error"}) | LISTING_CODES
+# too_many_pixels_for_memory depends on the workers' memory, not on the file: a run on bigger workers retries it
+RETRY_CODES = frozenset({"lost", "read_error", "write_error", "internal_error", "too_many_pixels_for_memory"}) | LISTING_CODES
 _COLUMNS = ["run_id", "record_id", "status", "error_code", "output_uri", "output_sha256", "n_faces", "job_sha256",
             "processed_at"]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from deid.config.schema import Manifest
 from deid.faces import make_detector
 from deid.faces.types import cut_by_frame
 from deid.facts import FaceFacts
-from deid.io.decode import DecodeError, decode_image, read_input, sha256_hex
+from deid.io.decode import DecodeError, PixelBounds, decode_image, read_input, sha256_hex
 from deid.io.write import FORMATS, atomic_write, display_uri, encode_clean, resolve_format
 from deid.privacy.service import call
 
@@ -84,8 +85,27 @@ class Record:
         self.row.update(status="failed", error_code=code, error=message)
 
 
+#: the error of a record the stage did not release because the driver stopped the run
+STOPPED = "not released: the run stopped releasing images because its audit could not be written; deid run again redoes it"
+
+
+class StopSignal:
+    """The driver's switch that stops releases (a plain object in-process, a Ray actor for
+    the pool): once :meth:`stop` is called, the stage writes no further output; records not
+    yet written come back ``failed`` with ``error_code = lost`` (deid.pipeline.run)."""
+
+    def __init__(self) -> None:
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def stopped(self) -> bool:
+        return self._stopped
+
+
 class ProcessRecords:
-    def __init__(self, manifest: dict, ctx: dict, budget=None):
+    def __init__(self, manifest: dict, ctx: dict, budget=None, stop=None, workers: int | None = None):
         self.m = Manifest.model_validate(manifest)
         self.ctx = RunContext(**ctx)
         self.detector = make_detector(self.m.detect)
@@ -94,6 +114,8 @@ class ProcessRecords:
         if self.dp and budget is None:
             raise ValueError(f"method {self.m.anonymize.method} needs the budget service")
         self.budget = budget
+        self.stop = stop
+        self._stopped = False
         # faces too small for the identity check get an irreversible treatment instead
         self.min_face_px = self.m.checks.min_face_px
         self.small_face = make_anonymizer("mask") if self.m.checks.small_face == "mask" else \
@@ -123,6 +145,7 @@ class ProcessRecords:
         self.params_json = json.dumps(self.m.anonymize.params, sort_keys=True)
         self.rng = np.random.default_rng()  # OS entropy; classical methods do not use it
         self.read_threads = self.m.run.read_threads
+        self.bounds = self._pixel_bounds(workers)
         # Outputs are written by a thread pool while the next records are processed (a local
         # write waits on fsync, an object store on its PUT). A batch returns only when all its
         # writes are done, so a row never says "released" before its file exists. DP records
@@ -133,6 +156,19 @@ class ProcessRecords:
 
             self._io_pool = ThreadPoolExecutor(max_workers=self.m.run.write_threads, thread_name_prefix="deid-write")
         self._deferred: list | None = None
+
+    def _pixel_bounds(self, workers: int | None) -> PixelBounds:
+        """The decode caps besides run.max_pixels: pixels per byte, and what this worker's memory
+        holds (deid.pipeline.memory; ``workers``: the Ray pool size, None in-process)."""
+        from deid.pipeline.memory import worker_memory
+
+        r = self.m.run
+        mem, source = worker_memory(workers, r.gpus_per_actor)
+        bounds = PixelBounds(per_byte=r.max_pixels_per_byte or None, memory_bytes=mem,
+                             fraction=r.worker_memory_fraction, bytes_per_pixel=r.bytes_per_pixel, memory_from=source)
+        logging.getLogger("deid").info("decode bound: %s pixels (%s: %.1f GiB)", f"{bounds.memory_pixels:,}", source,
+                                       mem / 2**30)
+        return bounds
 
     def _make_gate(self):
         """The residual-face gate (deid.audit.residual), or None when checks.residual is off."""
@@ -152,6 +188,9 @@ class ProcessRecords:
     def __call__(self, batch: pa.Table | dict) -> pa.Table:
         cols = batch.to_pydict() if isinstance(batch, pa.Table) else {k: list(v) for k, v in batch.items()}
         n = len(cols["record_id"])
+        if self.stopped():  # the run is stopping: nothing of this batch is read or written
+            return pa.Table.from_pylist([self._stopped_row(r, u) for r, u in zip(cols["record_id"], cols["uri"])],
+                                        schema=AUDIT_SCHEMA)
         keys = cols.get("subject_key") or [None] * n
         stale = cols.get("stale") or [None] * n
         targets = cols.get("input_target") or [None] * n
@@ -170,6 +209,21 @@ class ProcessRecords:
             if jobs:  # wait for every write of the batch
                 list(self._io_pool.map(lambda job: job(), jobs))
         return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
+
+    def stopped(self) -> bool:
+        """Has the driver stopped releases? (asked before every write; once true, stays true)"""
+        if not self._stopped and self.stop is not None:
+            try:
+                self._stopped = bool(call(self.stop, "stopped"))
+            except Exception:  # noqa: BLE001 - the switch is gone with its driver: release nothing more
+                self._stopped = True
+        return self._stopped
+
+    def _stopped_row(self, record_id: str, uri: str) -> dict:
+        row = record_row(self.ctx, record_id, uri, method=self.anonymizer.name, params_json=self.params_json,
+                         dp_scope=self.anonymizer.dp_scope, error_code="lost", error=f"{uri}: {STOPPED}")
+        row["processed_at"] = now()
+        return row
 
     def _read_all(self, uris: list[str]) -> list:
         """Read a batch's inputs concurrently (object-store latency overlaps; no CPU taken
@@ -259,7 +313,7 @@ class ProcessRecords:
         """The decoded image (pixel cap, EXIF orientation, RGB); None when it is not one."""
         with rec.timed("decode_ms"):
             try:
-                img = decode_image(data, max_pixels=self.m.run.max_pixels, name=rec.uri)
+                img = decode_image(data, max_pixels=self.m.run.max_pixels, name=rec.uri, bounds=self.bounds)
             except DecodeError as exc:
                 rec.row["input_sha256"] = sha256_hex(data)
                 rec.fail(exc.code, exc.message)
@@ -373,6 +427,9 @@ class ProcessRecords:
     # ------------------------------------------------------------------ writing
     def _write(self, rec: Record, fs, path: str, blob: bytes, status: str, encode_ms: float) -> None:
         t = time.perf_counter()
+        if self.stopped():  # the driver can no longer record it: release nothing more
+            rec.timings["write_ms"] = round(encode_ms, 3)
+            return rec.fail("lost", f"{rec.uri}: {STOPPED}")
         try:
             atomic_write(fs, path, blob)
         except OSError as exc:

@@ -2,7 +2,8 @@
 
 Contract: results are matched to inputs by ``record_id``, never by order; the first answer
 for a record wins (a retried task may answer twice); every table goes to the audit writer
-as it arrives; the summary is written last.
+(which journals it first) as it arrives, and is counted even when the writer then fails;
+the summary is written last.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ def consume(results, expected, seen, writer, counts, bar, on_batch, tally: Tally
             table = table.take(pa.array(keep, pa.int64()))
             ids = [ids[i] for i in keep]
         seen.update(ids)
-        writer.add(table)
         counts.update(table.column("status").to_pylist())
         tally.faces += int(pc.sum(table.column("n_faces")).as_py() or 0)
         flat = pc.list_flatten(table.column("faces"))
         tally.distances += [d for d in pc.struct_field(flat, "id_distance").to_pylist() if d is not None]
         tally.residual.update(pc.struct_field(pc.list_flatten(table.column("residual_faces")), "action").to_pylist())
+        bar.update(table.num_rows)
+        writer.add(table)  # journaled first; raises when the audit cannot be written (the caller halts)
         if on_batch:
             on_batch(table)
-        bar.update(table.num_rows)
         post = {k: counts[k] for k in STATUSES if counts[k]}
         if tally.residual:
             post["residual"] = sum(tally.residual.values())
