@@ -42,5 +42,12 @@ def is_dp(method: str) -> bool:
     return method_plugin(method).needs.dp
 
 
+def wants_subject_keys(method: str, params: Any = None) -> bool:
+    """Does ``method`` with ``params`` take each face's subject key (its params model's
+    ``wants_subject_keys()``; e.g. synthetic-swap with ``stable: keyed``)?"""
+    p = method_plugin(method).validate(params if params is not None else {})
+    return bool(getattr(p, "wants_subject_keys", lambda: False)())
+
+
 def needs_latent(method: str) -> bool:
     return bool(method_plugin(method).needs.latent)

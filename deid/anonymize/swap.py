@@ -64,6 +64,9 @@ class SwapParams(BaseModel):
     feather: float = Field(0.2, ge=0.0, le=1.0, description="soft edge width inside the region, x the eye distance")
     colour_match: bool = Field(True, description="match the region's Lab mean and contrast to the original's")
 
+    def wants_subject_keys(self) -> bool:
+        return self.stable == "keyed"
+
 
 _BANKS: dict[str, Any] = {}
 _BANKS_LOCK = threading.Lock()

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
-from deid.anonymize.registry import DEFAULT_METHOD, METHODS, is_dp, method_plugin
+from deid.anonymize.registry import DEFAULT_METHOD, METHODS, is_dp, method_plugin, wants_subject_keys
 from deid.faces.registry import DEFAULT_DETECTOR, DETECTORS, default_gate, families
 from deid.faces.registry import members as detector_members
 from deid.latent.registry import DEFAULT_BACKEND as DEFAULT_LATENT
@@ -319,11 +319,14 @@ class Manifest(_Section):
             if why:
                 raise ValueError(f"latent.backend: {why}; set latent.backend to one that serves "
                                  f"anonymize.method {method.name}")
-        for where, plugin in self.plugins_used():
-            if plugin.licence.non_commercial and plugin.name not in self.licences.accept_non_commercial:
+        if wants_subject_keys(self.anonymize.method, self.anonymize.params) and not self.input.subjects:
+            raise ValueError(f"anonymize.params.stable: keyed gives one stranger per labelled subject and needs "
+                             f"input.subjects (the path -> subject table); without it use stable: fresh")
+        for where, plugin, weights in self.non_commercial_used():
+            if plugin.name not in self.licences.accept_non_commercial:
                 raise ValueError(
                     f"{where}: {plugin.name} loads model weights licensed for non-commercial use only "
-                    f"({plugin.licence.weights}); to use them under those terms, add {plugin.name!r} to "
+                    f"({weights}); to use them under those terms, add {plugin.name!r} to "
                     "licences.accept_non_commercial")
         for field, sibling in (("output.quarantine_uri", self.output.quarantine_uri), ("audit.uri", self.audit.uri)):
             if sibling is None and _is_bucket_root(out):
@@ -366,6 +369,18 @@ class Manifest(_Section):
         if gate is not None:
             used.append(("checks.residual_detector", DETECTORS.get(gate.backend)))
         return used
+
+    def non_commercial_used(self) -> list[tuple[str, Any, str]]:
+        """``(manifest field, Plugin, weights licence)`` of the plug-ins this job runs whose weights
+        are non-commercial: declared so by the plug-in, or stated so in its section (a user's
+        checkpoint: ``latent.weights_non_commercial``)."""
+        out = []
+        for where, plugin in self.plugins_used():
+            if plugin.licence.non_commercial:
+                out.append((where, plugin, plugin.licence.weights))
+            elif where == "latent.backend" and getattr(self.latent, "weights_non_commercial", False):
+                out.append((where, plugin, getattr(self.latent, "weights_licence", None) or "stated non-commercial"))
+        return out
 
     @property
     def gate_detector(self) -> BaseModel | None:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deid.anonymize import is_dp
+from deid.anonymize.registry import wants_subject_keys
 from deid.audit.rows import RunContext
 from deid.audit.schema import AUDIT_SCHEMA
 from deid.audit.journal import AuditJournal, JournalError, journal_folder, pending, replay
@@ -139,6 +140,8 @@ def _run(manifest: Manifest, planned: Plan, run_id: str, writer: AuditWriter, t0
 
         budget = budget_service(manifest, engine)
         plan, withheld = plan_budget(manifest, plan, budget)
+    elif wants_subject_keys(manifest.anonymize.method, manifest.anonymize.params):
+        plan = keyed_subjects(manifest, plan)  # names never leave the driver: keyed hashes do
     else:
         plan = plan.drop_columns(["subject"])  # names never leave the driver
 
@@ -249,6 +252,22 @@ def _stopped_message(manifest: Manifest, writer: AuditWriter, failure: Exception
             f"there, the row of every image it released among them, are kept in the local journal {j.folder}."
             f"{lost} Make audit.uri writable again, then run `deid run` with this manifest again: it writes the "
             "journal to the audit first, then goes on with the records this run did not finish")
+
+
+def keyed_subjects(manifest: Manifest, plan: pa.Table) -> pa.Table:
+    """Replace subject names by their keyed subject keys (HMAC under the subject-key secret,
+    as the privacy ledger keys them), for methods that keep something per subject (e.g.
+    synthetic-swap ``stable: keyed``); unlabeled records get none."""
+    from deid.privacy.keys import SubjectKeyer, SubjectKeyError, load_secret
+
+    p = manifest.privacy
+    try:
+        keyer = SubjectKeyer(load_secret(p.subject_key_env, p.subject_key_file))
+    except SubjectKeyError as exc:
+        raise RunError(f"anonymize.params.stable: keyed needs the subject-key secret: {exc}") from None
+    names = plan.column("subject").to_pylist()
+    keys = [None if s is None else keyer.labeled(s) for s in names]
+    return plan.drop_columns(["subject"]).append_column("subject_key", pa.array(keys, pa.string()))
 
 
 def dry_run(manifest: Manifest, resume: bool = True) -> dict:

@@ -2,8 +2,8 @@
 
 :class:`ProcessRecords` is a Ray Data callable class (models load once, in ``__init__``)
 and also a plain callable: the Ray pipeline, the in-process engine and the tests all run
-this same code. Input batch columns: ``record_id, uri, output_stem`` (``subject_key`` for DP
-methods, ``stale`` on resume; ``input_target``, ``listing_error`` and ``listing_message`` from
+this same code. Input batch columns: ``record_id, uri, output_stem`` (``subject_key`` for DP methods and for methods that keep something per subject, e.g.
+synthetic-swap ``stable: keyed``; ``stale`` on resume; ``input_target``, ``listing_error`` and ``listing_message`` from
 the listing: a record the listing refused gets its ``failed`` row here and is never read). Output: one audit row per input row (``deid.audit.schema``),
 keyed by ``record_id``; no exception escapes for a bad record.
 
@@ -124,13 +124,12 @@ class ProcessRecords:
         # the non-commercial plug-ins of the run (all accepted, or the manifest is refused), by the
         # step that runs them: a record's row names those its data went through
         self.non_commercial: dict[str, list[dict]] = {}
-        for where, plugin in self.m.plugins_used():
-            if plugin.licence.non_commercial:
-                step = {"detect.backend": "detect", "detect.members": "detect",
-                        "checks.residual_detector": "gate"}.get(where, "anonymize")
-                entry = {"plugin": plugin.name, "field": where, "weights": plugin.licence.weights}
-                if entry not in self.non_commercial.setdefault(step, []):
-                    self.non_commercial[step].append(entry)
+        for where, plugin, weights in self.m.non_commercial_used():
+            step = {"detect.backend": "detect", "detect.members": "detect",
+                    "checks.residual_detector": "gate"}.get(where, "anonymize")
+            entry = {"plugin": plugin.name, "field": where, "weights": weights}
+            if entry not in self.non_commercial.setdefault(step, []):
+                self.non_commercial[step].append(entry)
         self.checker = None
         if self.m.checks.enabled:
             from deid.faces.dlib_backend import DlibEmbedder
@@ -369,7 +368,10 @@ class ProcessRecords:
         big = [f for f, small in zip(faces, rec.small) if not small]
         tiny = [f for f, small in zip(faces, rec.small) if small]
         with rec.timed("anonymize_ms"):
-            out, facts = self.anonymizer(rgb, big, self.rng) if big else (rgb, [])
+            # methods that keep something per subject (synthetic-swap, stable: keyed) get the
+            # record's keyed subject key for each face (None: unlabeled)
+            kw = {"keys": [rec.subject_key] * len(big)} if getattr(self.anonymizer, "wants_subject_keys", False) else {}
+            out, facts = self.anonymizer(rgb, big, self.rng, **kw) if big else (rgb, [])
             out, small_facts = self.small_face(out, tiny, self.rng) if tiny else (out, [])
         rec.row.update(FaceFacts.record_fields(facts, self.anonymizer.dp_scope, self.dp))
         if big:

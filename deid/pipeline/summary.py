@@ -83,5 +83,5 @@ def run_summary(*, run_id: str, ctx, manifest, inputs: int, rows_written: int, c
         "audit_records_uri": records_uri,
         "method": manifest.anonymize.method,
         # plug-ins with non-commercial weights this job ran, acknowledged in licences.accept_non_commercial
-        "non_commercial_accepted": [p.name for _, p in manifest.plugins_used() if p.licence.non_commercial],
+        "non_commercial_accepted": [p.name for _, p, _ in manifest.non_commercial_used()],
     }
