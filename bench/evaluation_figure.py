@@ -75,6 +75,10 @@ def main() -> None:
     ap.add_argument("--second-max", type=int, default=60)
     ap.add_argument("--per-subject", type=int, default=4, help="photos per identity (first N by name); 0: all")
     ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the runs already under OUT (no new runs)")
+    ap.add_argument("--grid", action="append", help="METHOD:PARAM=V1,V2 (repeatable; default: the docs' five methods)")
+    ap.add_argument("--latent", default=None, help="latent.backend of the runs (e.g. mobilestylegan for synthetic-swap; "
+                    "its non-commercial licence is then accepted for this benchmark)")
+    ap.add_argument("--no-figure", action="store_true", help="do not overwrite docs/img/evaluation-lfw-dev.png")
     args = ap.parse_args()
     os.environ.setdefault("DEID_SUBJECT_KEY", "evaluation-figure-scratch-key-0123456789")
     out = Path(args.out)
@@ -99,9 +103,12 @@ def main() -> None:
         "privacy": {"ledger": str(out / "ledger.sqlite"), "max_epsilon": 1e6},
         "checks": {"enabled": False, "no_face": "keep"},
         "run": {"batch_size": 8, "progress": False},
+        **({"latent": {"backend": args.latent}, "licences": {"accept_non_commercial": [args.latent]}}
+           if args.latent else {}),
     })
+    grid = args.grid or GRID
     t0 = time.perf_counter()
-    metrics, uris = sweep(base, GRID, str(out), engine="local", second_detector_max=args.second_max,
+    metrics, uris = sweep(base, grid, str(out), engine="local", second_detector_max=args.second_max,
                           echo=lambda s: print(s, flush=True))
     print(f"\n{len(metrics['groups'])} groups, {metrics['selection']['evaluated']} outputs evaluated; "
           f"evaluation {metrics['wall_seconds']:.0f} s, total {time.perf_counter() - t0:.0f} s")
@@ -110,16 +117,17 @@ def main() -> None:
     ref = metrics["reference"]
     print("no anonymization (T1 on originals):",
           {k: v["top1"] for k, v in ref["recognizers"].items()}, f"n={ref['n_records']}, subjects={ref['n_subjects']}")
-    report(out, metrics, uris)
+    report(out, metrics, uris, figure=not args.no_figure)
 
 
-def report(out: Path, metrics: dict, uris: dict) -> None:
+def report(out: Path, metrics: dict, uris: dict, figure: bool = True) -> None:
     for line in table_lines(metrics):
         print(line)
     for line in cost_lines(out, metrics):
         print(line)
-    img = Path(__file__).resolve().parents[1] / "docs" / "img" / "evaluation-lfw-dev.png"
-    shutil.copy(uris["curves"], img)
+    if figure:
+        img = Path(__file__).resolve().parents[1] / "docs" / "img" / "evaluation-lfw-dev.png"
+        shutil.copy(uris["curves"], img)
     print(json.dumps(uris))
 
 

@@ -211,12 +211,20 @@ def _generator(latent: Any) -> _Generator:
     return _Generator(model)
 
 
+def _mesh_files(p: SwapParams):
+    from deid.faces.facemesh_backend import FaceMeshParams, _files
+
+    return _files(FaceMeshParams())
+
+
 METHODS.register(Plugin(
     kind="method", name="synthetic-swap", params=SwapParams,
     summary="the face (jaw to brows) replaced by a random synthetic stranger of the generator, in the original's "
             "pose and expression (face mesh), colour-matched and blended; not DP",
     factory=lambda p, latent=None: SyntheticSwap(p, latent=latent),
-    licence=Licence(code="Apache-2.0 (deid); face mesh: Apache-2.0 (MediaPipe)"),
+    licence=Licence(code="Apache-2.0 (deid)", weights="face mesh: Apache-2.0 (the mediapipe wheel's .tflite files); "
+                    "the strangers: the run's generator (latent.backend) and its licence"),
     needs=Needs(latent="generator"),
+    model_files=_mesh_files,
     module=__name__,
 ))
