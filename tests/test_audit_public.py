@@ -6,9 +6,11 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import GROUP, base_manifest, lfw_images
@@ -28,12 +30,14 @@ def job(tmp_path_factory):
     for i, p in enumerate(lfw_images()[:3]):
         shutil.copy(p, inp / "Jane_Doe" / f"Jane_Doe_passport_{i}.jpg")
     shutil.copy(GROUP / "two_people.jpg", inp / "Smith_family.jpg")
-    shutil.copy(GROUP / "selfie-many-people.jpg", inp / "Smith_party.jpg")  # a face below the check: quarantined
+    # no face in it: checks.no_face quarantines it
+    Image.fromarray(np.tile(np.linspace(0, 255, 320, dtype=np.uint8), (240, 1))[..., None].repeat(3, 2)) \
+        .save(inp / "Smith_garden.jpg")
     (inp / "John_Smith_scan.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     # a strict check quarantines some faces: quarantined rows must not say where they went
     m = base_manifest(inp, tmp, output={"naming": "hash", "naming_key_file": str(tmp / "naming.key")},
                       anonymize={"method": "blur", "params": {"strength": 0.12}},
-                      checks={"on_fail": "quarantine"}, detect={"backend": "centerface"}, run={"engine": "local"})
+                      checks={"on_fail": "quarantine", "no_face": "quarantine"}, detect={"backend": "centerface"}, run={"engine": "local"})
     path = tmp / "job.yaml"
     path.write_text(yaml.safe_dump(m))
     manifest = load_manifest(path)
@@ -78,7 +82,7 @@ def test_released_rows_point_into_the_release_and_no_other_row_says_where_it_wen
             f = release / r["output_path"]
             assert hashlib.sha256(f.read_bytes()).hexdigest() == r["output_sha256"]
             assert r["method"] == "blur" and 0.12 == __import__("json").loads(r["params_json"])["strength"]
-            assert all(face["id_distance"] is not None for face in r["faces"])
+            assert all(face["id_distance"] is not None for face in r["faces"] if face["check"] == "measured")
         else:
             assert r["output_path"] is None and r["output_sha256"] is None
 
