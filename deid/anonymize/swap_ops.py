@@ -108,11 +108,14 @@ def match_colour(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, max_ratio: 
 
 def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, stranger_pts: np.ndarray,
               tris: np.ndarray, keep_forehead: bool = True, feather: float = 0.08, poisson: bool = True,
-              colour: bool = True) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+              colour: bool = True, shape: float = 1.0) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
     """The stranger warped onto the face with mesh ``points`` in ``rgb``: ``(window, pixels,
     alpha)``, where ``alpha`` (float32, window-sized) is 1 inside the face region, ramps to 0 over
     ``feather`` x the eye distance *inside* its edge, and is 0 outside it. None when the region
-    is empty in the image (a face at the frame edge whose region lies outside)."""
+    is empty in the image (a face at the frame edge whose region lies outside). ``shape``: how much
+    of the original's face shape the stranger takes: 1, warped exactly onto the original's mesh;
+    0, the stranger's own mesh placed on the original's by a similarity fit (pose and position
+    from the original, face shape from the stranger); between, the blend of the two."""
     h, w = rgb.shape[:2]
     poly = region_polygon(points, keep_forehead)
     pad = 3
@@ -126,7 +129,14 @@ def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, strange
     if region.sum() < 16:
         return None
     orig = rgb[y0:y1, x0:x1]
-    warped = warp_piecewise(stranger, stranger_pts, points, tris, (x0, y0, x1, y1))
+    target = np.asarray(points, dtype=np.float64)[:, :2]
+    if shape < 1.0:
+        src = np.asarray(stranger_pts, dtype=np.float64)[:, :2]
+        sim, _ = cv2.estimateAffinePartial2D(src.astype(np.float32), target.astype(np.float32), method=cv2.LMEDS)
+        if sim is not None:
+            placed = src @ sim[:, :2].T + sim[:, 2]
+            target = shape * target + (1.0 - shape) * placed
+    warped = warp_piecewise(stranger, stranger_pts, target, tris, (x0, y0, x1, y1))
     core = cv2.erode(region, np.ones((3, 3), np.uint8))
     if colour:
         warped = match_colour(warped, orig, core)
