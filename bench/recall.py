@@ -4,6 +4,8 @@ of generated strangers pasted at known boxes, sizes, rotations and exposures.
     PYTHONPATH=. .venv/bin/python bench/recall.py --quick       # < 2 min on 2 cores (+20 s the first time)
     PYTHONPATH=. .venv/bin/python bench/recall.py --budget 120  # ~10 min on 2 cores (without a budget: ~35 min, most of it dlib-cnn)
     PYTHONPATH=. .venv/bin/python bench/recall.py --detector dlib-hog,centerface --scenes 40
+    PYTHONPATH=. .venv/bin/python bench/recall.py --coverage "centerface,centerface + face-mesh"  # ~4 min
+    PYTHONPATH=. .venv/bin/python bench/recall.py --timing-only --coverage all
 
 Detectors: every plug-in of ``deid.faces.registry.DETECTORS`` that builds with its default
 params (``--detector`` picks a subset; ``--set scrfd.model_path=models/scrfd.onnx`` gives one
@@ -38,6 +40,22 @@ are skipped with the reason printed.
    (2021.7.21.1; Apache-2.0 code) are distilled from NVIDIA's StyleGAN2 and fall under the
    NVIDIA Source Code License-NC: non-commercial research use only. This is a benchmark tool;
    neither the weights nor the generated faces ship with deid.
+
+3. Coverage by the pixels of the output (``--coverage NAME,...``; candidates in ``CANDIDATES``,
+   ``all``, or your own with ``--config NAME='{"detect": {...}, "checks": {...}}'``): each
+   candidate's detect section and checks.residual* fields run through deid's real stage
+   (``deid.pipeline.run.run_job``, in-process engine) on the labelled photos and on the scenes
+   (written as PNGs to a temp input folder), with method ``mask`` in magenta, PNG outputs
+   (lossless: a pixel the run did not touch stays bit-equal) and the identity check off (the
+   residual-face gate runs either way; ``--identity-check`` keeps it on). A truth face is
+   covered when at least ``COVER_FRACTION`` (70 %) of the pixels of its ellipse (inscribed in
+   its box; for a synthetic face in its rotated box, so rotated with the face; the part inside
+   the frame) differ between the input and the written image. FP = anonymized regions that
+   touch no truth face's box (8-connected regions of changed pixels, gaps up to 4 px closed).
+   Cost: CPU ms per image of the candidate's detector plus its gate's detector on one thread
+   (as in a one-CPU Ray actor; ``run_timing``), ratio against plain ``centerface``; in brackets
+   the stage's own wall ms from the audit. ``--timing-only`` prints only the cost table
+   (labelled photos, scenes, 40 LFW photos). ``--keep-outputs DIR`` keeps the released images.
 
 ``--example PATH`` writes one synthetic scene with its truth boxes (green; yellow: cut by the
 edge) and one detector's detections (red, ``--example-detector``) as a small PNG.
@@ -282,6 +300,8 @@ class Placed:
     angle: float
     exposure: float
     edge: bool
+    #: the rotated face box's four corners in scene pixels (unclipped): the coverage mode's face ellipse
+    quad: tuple = ()
 
 
 @dataclass
@@ -415,9 +435,61 @@ def make_scene(rng: np.random.Generator, strangers, face_box, pool, w=1280, h=96
         truth = (ox + bx0, oy + by0, ox + bx1, oy + by1)
         taken.append(truth)
         clipped = (max(truth[0], 0), max(truth[1], 0), min(truth[2], w), min(truth[3], h))
-        scene.faces.append(Placed(box=clipped, width=width, angle=abs(angle), exposure=exposure, edge=edge))
+        quad = tuple((float(x + ox), float(y + oy)) for x, y in corners)
+        scene.faces.append(Placed(box=clipped, width=width, angle=abs(angle), exposure=exposure, edge=edge, quad=quad))
     scene.rgb = np.clip(scene.rgb, 0, 255).astype(np.uint8)
     return scene
+
+
+# ---------------------------------------------------------------------------- coverage by output pixels
+#: a face is covered when at least this fraction of its ellipse's pixels inside the frame changed
+COVER_FRACTION = 0.7
+
+
+def face_ellipse(shape_hw, box=None, quad=None) -> np.ndarray:
+    """bool mask of a face's ellipse: inscribed in its (rotated) face box ``quad`` (four corners
+    in order), or in the axis-aligned ``box``; the part outside the frame is dropped."""
+    import cv2
+
+    h, w = shape_hw
+    m = np.zeros((h, w), np.uint8)
+    if quad:
+        q = np.asarray(quad, np.float64)
+        c = q.mean(axis=0)
+        ax = np.hypot(*(q[1] - q[0])) / 2
+        ay = np.hypot(*(q[3] - q[0])) / 2
+        ang = math.degrees(math.atan2(q[1][1] - q[0][1], q[1][0] - q[0][0]))
+    else:
+        x0, y0, x1, y1 = box
+        c, ax, ay, ang = ((x0 + x1) / 2, (y0 + y1) / 2), (x1 - x0) / 2, (y1 - y0) / 2, 0.0
+    sh = 4  # sub-pixel precision of cv2.ellipse
+    cv2.ellipse(m, (round(c[0] * 16), round(c[1] * 16)), (max(1, round(ax * 16)), max(1, round(ay * 16))), ang,
+                0, 360, 1, -1, cv2.LINE_8, sh)
+    return m.astype(bool)
+
+
+def covered_fraction(changed: np.ndarray, ellipse: np.ndarray) -> float:
+    """Fraction of the ellipse's (in-frame) pixels that changed; 1.0 for an empty ellipse."""
+    n = int(ellipse.sum())
+    return float(changed[ellipse].sum()) / n if n else 1.0
+
+
+def false_regions(changed: np.ndarray, truth_boxes) -> int:
+    """Anonymized regions that touch no truth face's box: 8-connected regions of changed pixels,
+    gaps of up to 4 px closed first (a mask's blended edge, or a black small-face mask over
+    pixels that were black already, leaves single unchanged pixels that would split a region)."""
+    import cv2
+
+    grown = cv2.dilate(changed.astype(np.uint8), np.ones((5, 5), np.uint8))
+    n, lab = cv2.connectedComponents(grown, connectivity=8)
+    if n <= 1:
+        return 0
+    near = np.zeros(changed.shape, bool)
+    hh, ww = changed.shape
+    for x0, y0, x1, y1 in truth_boxes:
+        near[max(0, int(y0)):min(hh, math.ceil(y1)), max(0, int(x0)):min(ww, math.ceil(x1))] = True
+    touched = np.unique(lab[near & changed.astype(bool)])
+    return int(n - 1 - np.count_nonzero(touched))
 
 
 def bin_of(value, bins) -> int:
@@ -498,6 +570,302 @@ def run_synthetic(detectors, scenes: list[Scene], budget: float | None = None) -
     return rows
 
 
+#: candidate configurations of the coverage mode (``--coverage NAME,...``; ``--config NAME=JSON`` adds one):
+#: the manifest's detect section and the checks.residual* fields the run is given
+CANDIDATES: dict[str, dict] = {
+    "centerface": {"detect": {"backend": "centerface"}, "checks": {"residual": "off"}},
+    "centerface + face-mesh": {"detect": {"backend": "centerface"},
+                               "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "centerface+mtcnn + face-mesh": {
+        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}, {"backend": "mtcnn"}]},
+        "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "centerface + face-mesh rot tilt50": {  # a stronger gate: the gate itself an ensemble of another family
+        "detect": {"backend": "centerface"},
+        "checks": {"residual_detector": {"backend": "ensemble", "members": [{"backend": "face-mesh"}],
+                                         "tta": ["rot90", "rot270", "tilt+", "tilt-"], "tilt": 50}}},
+    "centerface + face-mesh tilt45": {
+        "detect": {"backend": "centerface"},
+        "checks": {"residual_detector": {"backend": "ensemble", "members": [{"backend": "face-mesh"}],
+                                         "tta": ["tilt+", "tilt-"], "tilt": 45}}},
+    "cf tilt45 + face-mesh": {
+        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}], "tta": ["tilt+", "tilt-"],
+                   "tilt": 45, "tta_min_score": 0.3},
+        "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "cf rot tilt50 + face-mesh": {
+        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}],
+                   "tta": ["rot90", "rot270", "tilt+", "tilt-"], "tilt": 50, "tta_min_score": 0.4},
+        "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "cf rot tilt50 @0.3 + face-mesh": {
+        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}],
+                   "tta": ["rot90", "rot270", "tilt+", "tilt-"], "tilt": 50, "tta_min_score": 0.3},
+        "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "cf rot tilt50 tiles + face-mesh": {
+        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}],
+                   "tta": ["rot90", "rot270", "tilt+", "tilt-"], "tilt": 50, "tta_min_score": 0.4,
+                   "tiles": True, "tile_min_score": 0.5},
+        "checks": {"residual_detector": {"backend": "face-mesh"}}},
+}
+COVERAGE_BASELINE = "centerface"
+MARK = (255, 0, 255)  # the mask colour of the coverage runs
+
+
+def coverage_manifest(cand: dict, inp: Path, out: Path, identity_check: bool = False):
+    """The job a candidate runs: mask (magenta) so that every anonymized pixel changes, PNG out
+    (lossless: an unchanged pixel stays bit-equal), names mirrored, in-process."""
+    from deid.config.schema import Manifest
+
+    checks = {"enabled": identity_check, **cand.get("checks", {})}
+    return Manifest.model_validate({
+        "input": {"uri": str(inp)},
+        "output": {"uri": str(out / "release"), "quarantine_uri": str(out / "quarantine"), "naming": "mirror",
+                   "format": "png", "naming_key_file": str(out.parent / "naming.key")},
+        "audit": {"uri": str(out / "audit")},
+        "detect": cand["detect"],
+        "anonymize": {"method": "mask", "params": {"color": list(MARK)}},
+        "checks": checks,
+        "licences": cand.get("licences", {}),
+        "run": {"engine": "local", "progress": False},
+    })
+
+
+def run_stage(cand: dict, inp: Path, out: Path, identity_check: bool = False) -> list[dict]:
+    """Run the real stage (deid.pipeline.run_job, in-process engine) on ``inp``; per record: the
+    input's path relative to ``inp``, the changed-pixel mask of the written image, status,
+    ms of detection and of the gate, and the faces the gate had to handle."""
+    from deid.audit.writer import read_audit
+    from deid.io.decode import decode_image
+    from deid.pipeline.run import run_job
+
+    m = coverage_manifest(cand, inp, out, identity_check)
+    res = run_job(m, engine="local", progress=False, resume=False)
+    rows = read_audit(m.audit_uri, res.run_id).to_pylist()
+    recs = []
+    for r in rows:
+        src = Path(r["input_uri"].removeprefix("file://"))
+        rel = str(src.relative_to(inp))
+        if not r["output_uri"]:
+            raise SystemExit(f"{rel}: no output ({r['status']}: {r['error']})")
+        rgb = decode_image(src.read_bytes(), max_pixels=m.run.max_pixels, name=rel).rgb
+        outp = np.asarray(Image.open(r["output_uri"].removeprefix("file://")).convert("RGB"))
+        t = r["timings"] or {}
+        recs.append({"rel": rel, "changed": np.any(outp != rgb, axis=2), "status": r["status"],
+                     "ms": (t.get("detect_ms") or 0.0) + (t.get("gate_ms") or 0.0),
+                     "gate_faces": len(r["residual_faces"] or [])})
+    return recs
+
+
+def coverage_labelled(recs: list[dict], labels) -> dict:
+    c = {"n": 0, "cov": 0, "whole": 0, "whole_n": 0, "part": 0, "part_n": 0, "small": 0, "small_n": 0, "fp": 0,
+         "missed": [], "gate": 0, "quarantined": 0}
+    for r in recs:
+        faces = labels[r["rel"].replace("__", "/")]
+        for f in faces:
+            got = covered_fraction(r["changed"], face_ellipse(r["changed"].shape, box=f["box"])) >= COVER_FRACTION
+            key = "part" if f["partial"] else "whole"
+            c["n"] += 1
+            c["cov"] += got
+            c[key] += got
+            c[f"{key}_n"] += 1
+            if f["box"][2] - f["box"][0] < 24:
+                c["small"] += got
+                c["small_n"] += 1
+            if not got:
+                c["missed"].append(f"{Path(r['rel']).name} {f['box'][2] - f['box'][0]} px{' partial' if f['partial'] else ''}")
+        c["fp"] += false_regions(r["changed"], [f["box"] for f in faces])
+        c["gate"] += r["gate_faces"]
+        c["quarantined"] += r["status"] == "quarantined"
+    c["photos"] = len(recs)
+    c["ms"] = float(np.mean([r["ms"] for r in recs]))
+    return c
+
+
+def coverage_synthetic(recs: list[dict], scenes: list[Scene]) -> dict:
+    c = {"n": 0, "cov": 0, "edge": [0, 0], "big": [0, 0], "size": np.zeros((2, len(SIZE_BINS))),
+         "rot": np.zeros((2, len(ROT_BINS))), "expo": np.zeros((2, len(EXPO_BINS))), "fp": 0, "gate": 0,
+         "quarantined": 0}
+    for r in recs:
+        sc = scenes[int(Path(r["rel"]).stem.split("-")[1])]
+        for f in sc.faces:
+            got = int(covered_fraction(r["changed"], face_ellipse(r["changed"].shape, quad=f.quad)) >= COVER_FRACTION)
+            c["n"] += 1
+            c["cov"] += got
+            if f.edge:
+                c["edge"][0] += got
+                c["edge"][1] += 1
+                continue
+            c["size"][:, bin_of(f.width, SIZE_BINS)] += (got, 1)
+            if f.width >= 24:  # the target's faces: any rotation and exposure
+                c["big"][0] += got
+                c["big"][1] += 1
+                c["rot"][:, bin_of(f.angle, ROT_BINS)] += (got, 1)
+                c["expo"][:, bin_of(f.exposure, EXPO_BINS)] += (got, 1)
+        c["fp"] += false_regions(r["changed"], [f.box for f in sc.faces])
+        c["gate"] += r["gate_faces"]
+        c["quarantined"] += r["status"] == "quarantined"
+    c["scenes"] = len(recs)
+    c["ms"] = float(np.mean([r["ms"] for r in recs]))
+    return c
+
+
+def run_coverage(cands: dict[str, dict], labels, scenes: list[Scene] | None, identity_check: bool = False,
+                 keep: Path | None = None, timing_scenes: int = 6) -> tuple[list, list]:
+    """Every candidate through the real stage on the labelled photos and the scenes, scored by
+    the pixels of its output (module docstring of the --coverage mode)."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="deid-recall-"))
+    lab_rows, syn_rows = [], []
+    try:
+        lab_in = tmp / "in-labelled"
+        if labels is not None:
+            lab_in.mkdir()
+            for rel in labels:
+                shutil.copyfile(GROUP / rel, lab_in / rel.replace("/", "__"))
+        syn_in = tmp / "in-scenes"
+        if scenes:
+            syn_in.mkdir()
+            for i, sc in enumerate(scenes):
+                Image.fromarray(sc.rgb).save(syn_in / f"scene-{i:03d}.png")
+        for k, (name, cand) in enumerate(cands.items()):
+            t = time.perf_counter()
+            if labels is not None:
+                recs = run_stage(cand, lab_in, tmp / f"out{k}-labelled", identity_check)
+                lab_rows.append({"name": name, **coverage_labelled(recs, labels)})
+            if scenes:
+                recs = run_stage(cand, syn_in, tmp / f"out{k}-scenes", identity_check)
+                syn_rows.append({"name": name, **coverage_synthetic(recs, scenes)})
+            print(f"   .. {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        for rows, imgs in [] if timing_scenes <= 0 else ((lab_rows, [np.asarray(Image.open(GROUP / rel).convert("RGB")) for rel in labels or []]),
+                           (syn_rows, [sc.rgb for sc in (scenes or [])[:timing_scenes]])):
+            if rows and imgs:
+                timed = run_timing(cands, imgs)
+                for r in rows:
+                    r["stage_ms"], r["ms"] = r["ms"], timed[r["name"]]
+        print(f"   .. interleaved timing: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for d in tmp.glob("out*/release"):
+                shutil.copytree(d, keep / d.parent.name, dirs_exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return lab_rows, syn_rows
+
+
+def one_thread() -> None:
+    """From here on, detectors built in this process run on one thread, as in a Ray actor given
+    one CPU (deid's default pool: one actor per core): onnxruntime sessions and LiteRT
+    interpreters get one thread (deid.faces.onnx_runtime.session_options, the hook the backends
+    ask inside Ray), torch one intra-op thread."""
+    import importlib
+
+    import onnxruntime
+
+    def opts():
+        o = onnxruntime.SessionOptions()
+        o.intra_op_num_threads = o.inter_op_num_threads = 1
+        return o
+
+    for mod, attr in (("deid.faces.onnx_runtime", "session_options"), ("deid.faces.centerface_backend", "session_options"),
+                      ("deid.faces.scrfd_backend", "session_options"),
+                      ("deid.faces.insightface_backend", "_session_options")):
+        setattr(importlib.import_module(mod), attr, opts)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - mtcnn not installed
+        pass
+
+
+def run_timing(cands: dict[str, dict], images: list[np.ndarray]) -> dict[str, float]:
+    """CPU ms per image of each candidate's detector plus its gate's detector (run on the same
+    image), each on one thread (:func:`one_thread`): the cost per photo of a one-CPU actor,
+    and a measure that a shared machine's load barely moves (wall time on two cores shared with
+    other jobs moved 3x between calls). Images go through the candidates in turn, the order
+    rotating; one untimed warm-up call each first."""
+    import tempfile
+
+    from deid.faces.registry import make_detector
+
+    one_thread()
+    built = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cand in cands.items():
+            m = coverage_manifest(cand, Path(tmp) / "in", Path(tmp) / "out")
+            gate = m.gate_detector
+            built.append((name, make_detector(m.detect), make_detector(gate) if gate is not None else None))
+    ms = {name: 0.0 for name, _, _ in built}
+    for _, det, gate in built:  # warm-up: lazy initialisation (delegates, thread pools) is not timed
+        det.detect(images[0])
+        if gate is not None:
+            gate.detect(images[0])
+    for i, img in enumerate(images):
+        k = i % len(built)
+        for name, det, gate in built[k:] + built[:k]:
+            t = time.process_time()
+            det.detect(img)
+            if gate is not None:
+                gate.detect(img)
+            ms[name] += (time.process_time() - t) * 1000
+    return {name: v / max(len(images), 1) for name, v in ms.items()}
+
+
+def print_coverage(lab_rows: list, syn_rows: list, cands: dict[str, dict], n_scenes: int) -> None:
+    def pct(h, k):
+        return f"{h / k:.0%}" if k else "-"
+
+    def ratio(rows, r):
+        base = next((x["ms"] for x in rows if x["name"] == COVERAGE_BASELINE), None)
+        return f"{r['ms'] / base:.2f}x" if base else "-"
+
+    def ms(r):
+        return f"{r['ms']:.0f} ({r['stage_ms']:.0f})" if "stage_ms" in r else f"- ({r['ms']:.0f})"
+
+    print(f"\n3. coverage by the pixels of the output: each candidate through the real stage (run_job, in-process "
+          f"engine; mask in {MARK}, PNG out, identity check off); a face is covered when >= {COVER_FRACTION:.0%} of "
+          "the pixels of its ellipse (inscribed in its box, rotated with the face; the part inside the frame) "
+          "changed; FP = 8-connected regions of changed pixels that touch no truth face's box; ms = detect + "
+          f"gate per image: CPU ms on one thread (run_timing), in brackets the wall ms the stage's audit "
+          f"recorded (threads as the backends choose, a shared machine's load included); ratio: CPU ms against "
+          f"{COVERAGE_BASELINE!r}")
+    for name, cand in cands.items():
+        print(f"   {name}: detect {json.dumps(cand['detect'])}; checks {json.dumps(cand.get('checks', {}))}")
+    if lab_rows:
+        print("\n| detector + gate | covered | whole | partial | < 24 px | FP/photo | gate-found | quarantined | "
+              f"ms/photo | vs {COVERAGE_BASELINE} |")
+        print("|" + "---|" * 10)
+        for r in lab_rows:
+            print(f"| {r['name']} | {r['cov']}/{r['n']} ({r['cov'] / max(r['n'], 1):.1%}) | {r['whole']}/{r['whole_n']} | "
+                  f"{r['part']}/{r['part_n']} | {r['small']}/{r['small_n']} | {r['fp'] / r['photos']:.2f} | {r['gate']} | "
+                  f"{r['quarantined']} | {ms(r)} | {ratio(lab_rows, r)} |")
+        for r in lab_rows:
+            print(f"   {r['name']}: not covered: {', '.join(r['missed']) or 'none'}")
+    if syn_rows:
+        r0 = syn_rows[0]
+        sz = "".join(f" {lo}-{hi} px (n={int(r0['size'][1][i])}) |" for i, (lo, hi) in enumerate(SIZE_BINS))
+        print(f"\n   synthetic, {n_scenes} scenes; bins count faces inside the frame; rotation and exposure bins: "
+              "faces >= 24 px (the target's)")
+        print(f"| detector + gate | >= 24 px (n={r0['big'][1]}) |{sz} edge-cut (n={r0['edge'][1]}) | FP/scene | "
+              f"gate-found | quarantined | ms/scene | vs {COVERAGE_BASELINE} |")
+        print("|" + "---|" * (8 + len(SIZE_BINS)))
+        for r in syn_rows:
+            cells = "".join(f" {pct(*r['size'][:, i])} |" for i in range(len(SIZE_BINS)))
+            print(f"| {r['name']} | {r['big'][0]}/{r['big'][1]} ({r['big'][0] / max(r['big'][1], 1):.1%}) |{cells} "
+                  f"{pct(*r['edge'])} | {r['fp'] / r['scenes']:.2f} | {r['gate']} | {r['quarantined']} | {ms(r)} | "
+                  f"{ratio(syn_rows, r)} |")
+        rot = "".join(f" {lo}°{'' if lo == hi else f'-{hi}°'} (n={int(r0['rot'][1][i])}) |" for i, (lo, hi) in enumerate(ROT_BINS))
+        ex = "".join(f" x{lo:g}{'' if lo == hi else f'-{hi:g}'} (n={int(r0['expo'][1][i])}) |"
+                     for i, (lo, hi) in enumerate(EXPO_BINS))
+        print(f"\n| detector + gate (faces >= 24 px) |{rot}{ex}")
+        print("|" + "---|" * (1 + len(ROT_BINS) + len(EXPO_BINS)))
+        for r in syn_rows:
+            cells = "".join(f" {pct(*r['rot'][:, i])} |" for i in range(len(ROT_BINS)))
+            cells += "".join(f" {pct(*r['expo'][:, i])} |" for i in range(len(EXPO_BINS)))
+            print(f"| {r['name']} |{cells}")
+
+
 def save_example(scene: Scene, det_name: str, det, path: Path, width: int = 880) -> None:
     import cv2
 
@@ -524,6 +892,62 @@ def save_example(scene: Scene, det_name: str, det, path: Path, width: int = 880)
 
 
 # ---------------------------------------------------------------------------- main
+def main_coverage(args, n_scenes: int, per_scene: int, n_strangers: int, size: tuple[int, int]) -> None:
+    cands: dict[str, dict] = {}
+    for item in args.config:
+        name, _, value = item.partition("=")
+        try:
+            cand = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--config {name}: not JSON ({exc})") from None
+        if not isinstance(cand, dict) or "detect" not in cand:
+            raise SystemExit(f"--config {name}: expected {{\"detect\": {{...}}, \"checks\": {{...}}}}")
+        cands[name] = cand
+    wanted = [] if not args.coverage else list(CANDIDATES) if args.coverage == "all" else \
+        [n.strip() for n in args.coverage.split(",") if n.strip()]
+    for name in wanted:
+        if name in cands:
+            continue
+        if name not in CANDIDATES:
+            raise SystemExit(f"--coverage: unknown candidate {name!r} (known: {', '.join(CANDIDATES)})")
+        cands[name] = CANDIDATES[name]
+    labels = load_labels()
+    use_labels = None if args.skip_labelled or not GROUP.is_dir() else labels
+    scenes = None
+    if not args.skip_synthetic:
+        if bench_deps_missing():
+            print(f"synthetic crowd skipped: {BENCH_DEPS_HINT}")
+        else:
+            print(f"   {LICENCE_LINE}")
+            strangers, face_box = load_strangers(n_strangers, args.seed, args.cache)
+            rng = np.random.default_rng(args.seed)
+            pool = backgrounds(labels) if GROUP.is_dir() else []
+            scenes = [make_scene(rng, strangers, face_box, pool, *size, n_faces=per_scene) for _ in range(n_scenes)]
+    if args.timing_only:
+        sets = [("labelled photos", [np.asarray(Image.open(GROUP / rel).convert("RGB")) for rel in use_labels or []]),
+                (f"synthetic scenes ({args.timing_scenes} of {len(scenes or [])})", [sc.rgb for sc in (scenes or [])[:args.timing_scenes]]),
+                ("LFW photos (250x250, first 40 of lfw-public-ref)",
+                 [np.asarray(Image.open(p).convert("RGB")) for p in sorted((REPO.parent / "shared" / "data" / "lfw-public-ref").glob("*.jpg"))[:40]])]
+        print("\nCPU ms per image, one thread, detector + gate (run_timing); ratio against "
+              f"{COVERAGE_BASELINE!r} and against 'centerface + face-mesh'")
+        print("| detector + gate | " + " | ".join(n for n, imgs in sets if imgs) + " |")
+        print("|---|" + "---|" * sum(1 for _, imgs in sets if imgs))
+        timed = [run_timing(cands, imgs) for _, imgs in sets if imgs]
+        for name in cands:
+            cells = []
+            for t in timed:
+                base, gate = t.get(COVERAGE_BASELINE), t.get("centerface + face-mesh")
+                cells.append(f"{t[name]:.0f} ms" + (f", {t[name] / base:.2f}x" if base else "") +
+                             (f" ({t[name] / gate:.2f}x)" if gate else ""))
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        return
+    lab_rows, syn_rows = run_coverage(cands, use_labels, scenes, args.identity_check, args.keep_outputs,
+                                      args.timing_scenes)
+    print_coverage(lab_rows, syn_rows, cands, len(scenes or []))
+    if scenes:
+        print(f"   synthetic: seed {args.seed}, {len(scenes)} scenes of {size[0]}x{size[1]}, {per_scene} faces each")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--detector", default=None, help="comma-separated detector names (default: every registered one)")
@@ -542,6 +966,18 @@ def main() -> None:
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--example", type=Path, default=None, help="write one synthetic scene with truth and detections here")
     ap.add_argument("--example-detector", default=None, help="the detector drawn in --example (default: the default one)")
+    ap.add_argument("--coverage", default=None, metavar="NAME,...",
+                    help="the coverage mode instead of parts 1 and 2: these candidates (names of CANDIDATES, 'all', "
+                         "or those of --config) through the real stage, scored by the pixels of the output")
+    ap.add_argument("--config", action="append", default=[], metavar="NAME=JSON",
+                    help='a candidate of its own: {"detect": {...}, "checks": {"residual_detector": {...}}} (repeatable)')
+    ap.add_argument("--identity-check", action="store_true", help="coverage mode: keep checks.enabled on (slower)")
+    ap.add_argument("--keep-outputs", type=Path, default=None, help="coverage mode: copy the released images here")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="coverage mode: only the CPU timing of the candidates (labelled photos, scenes, 40 LFW photos)")
+    ap.add_argument("--timing-scenes", type=int, default=6,
+                    help="coverage mode: scenes timed (with the labelled photos) for the ms columns; 0: no timing, "
+                         "the ratio column is then against the stage's wall ms")
     args = ap.parse_args()
 
     from deid.faces.registry import DEFAULT_DETECTOR
@@ -553,6 +989,12 @@ def main() -> None:
     budget = args.budget if args.budget is not None else (4.0 if args.quick else None)
 
     t_all = time.perf_counter()
+    if args.coverage is not None or args.config:
+        main_coverage(args, n_scenes, per_scene, n_strangers, size)
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        print(time.strftime(f"\n%Y-%m-%d %H:%M UTC; {os.cpu_count()} CPUs, load average {load}; "
+                            f"{time.perf_counter() - t_all:.0f} s", time.gmtime()))
+        return
     names = [n.strip() for n in args.detector.split(",")] if args.detector else None
     detectors, skipped = build_detectors(names, parse_sets(args.set))
     print(f"detectors: {', '.join(n for n, _ in detectors) or 'none'}")

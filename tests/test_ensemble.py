@@ -7,10 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import lfw_images
+from conftest import VOC, lfw_images
 from deid.faces import Face, iou, make_detector
 from deid.faces.ensemble import fuse
 from test_residual_gate import SELFIE, SELFIE_FACES
+
+GROUP_PHOTO = VOC / "2008_002079.jpg"  # 500x375, heads of 12-15 px
 
 
 def test_the_default_ensemble_finds_every_face_of_the_selfie():
@@ -55,3 +57,32 @@ def test_fusion_keeps_every_detection_covered_and_merges_only_overlaps(dets, thr
     # fused faces that survive are not the same face twice at the fusion threshold, seen from their seeds
     assert all(g.score in {s for _, s, _ in dets} for g in fused)
     assert len(fuse(found, threshold, min_votes=len({m for _, _, m in dets}) + 1)) == 0
+
+
+def test_tta_min_score_holds_only_the_rotated_views_to_a_higher_score():
+    """The lying face is found only in the rot270 view: a floor above its score drops it, a
+    floor below keeps it; the upright photo's face (the unrotated view) ignores the floor."""
+    upright = np.asarray(Image.open(lfw_images()[0]).convert("RGB"))
+    lying = np.ascontiguousarray(np.rot90(upright))
+    (ref,) = make_detector({"backend": "dlib-hog"}).detect(upright)
+
+    def ens(floor):
+        return make_detector({"backend": "ensemble", "members": [{"backend": "dlib-hog"}], "tta": ["rot270"],
+                              "tta_min_score": floor})
+
+    assert len(ens(ref.score * 0.5).detect(lying)) == 1
+    assert ens(ref.score + 1.0).detect(lying) == []
+    (face,) = ens(ref.score + 1.0).detect(upright)
+    assert iou(face.box, ref.box) > 0.9
+
+
+def test_tiles_find_small_faces_and_tile_min_score_holds_them_to_a_higher_score():
+    """2008_002079 (500x375) has heads of 12-15 px: upscaled tiles find more of them than the
+    photo alone; with tile_min_score above every score the tiles add nothing."""
+    rgb = np.asarray(Image.open(GROUP_PHOTO).convert("RGB"))
+    plain = make_detector({"backend": "centerface"}).detect(rgb)
+    tiles = {"backend": "ensemble", "members": [{"backend": "centerface"}], "tiles": True, "tile_min_side": 256}
+    tiled = make_detector(tiles).detect(rgb)
+    assert len(tiled) > len(plain)
+    held = make_detector({**tiles, "tile_min_score": 1.01}).detect(rgb)
+    assert [f.box for f in held] == [f.box for f in plain]

@@ -14,6 +14,9 @@ Contract:
   joins the first cluster whose box it overlaps with IoU >= ``iou``; a cluster's box is the
   score-weighted mean of its boxes (weighted box fusion), its score the highest, its landmarks
   and layout those of its best detection from an unrotated view (else its best one);
+* detections from the extra views may be held to a higher score than the members' own
+  thresholds (``tta_min_score``, ``tile_min_score``): a rotated or upscaled view shows a
+  detector more non-faces at the scales it is least sure of;
 * a cluster is kept when at least ``min_votes`` distinct members found it (1: recall first —
   a face any member finds is anonymized);
 * faces carry the landmark layout of the member that placed them (``dlib5`` or ``arcface5``),
@@ -49,9 +52,13 @@ class EnsembleParams(DetectorParams):
         default_factory=list, description="test-time augmentation: extra views rotated by 90/180/270 degrees or by "
                                           "+-tilt degrees")
     tilt: float = Field(35.0, gt=0.0, lt=90.0, description="degrees of the tilt+ / tilt- views")
+    tta_min_score: float = Field(0.0, ge=0.0, description="detections from the rotated and tilted views must also "
+                                 "score at least this (0: the members' own thresholds only)")
     tiles: bool = Field(False, description="also run on overlapping tiles of large photos, upscaled (small faces)")
     tile_min_side: int = Field(1200, ge=256, description="photos whose longer side is at least this get tiles")
     tile_scale: float = Field(2.0, gt=1.0, le=4.0, description="upscaling of each tile")
+    tile_min_score: float = Field(0.0, ge=0.0, description="detections from the tiles must also score at least this "
+                                  "(0: the members' own thresholds only)")
 
     @field_validator("members")
     @classmethod
@@ -161,8 +168,9 @@ class EnsembleDetector(DetectorBase):
         for view, img, inv in self._views(work):
             img = np.ascontiguousarray(img)
             to_input = (back @ np.vstack([inv, [0, 0, 1.0]]))[:2]
+            floor = self.p.tile_min_score if view == "tile" else self.p.tta_min_score if view else 0.0
             for k, det in enumerate(self.members):
-                found += [_map_face(f, to_input, w, h, view, k) for f in det.detect(img)]
+                found += [_map_face(f, to_input, w, h, view, k) for f in det.detect(img) if f.score >= floor]
         found = [t for t in found if t[0].box[2] - t[0].box[0] >= 2 and t[0].box[3] - t[0].box[1] >= 2]
         return [f for f in fuse(found, self.p.iou, self.p.min_votes) if f.score >= self.p.min_score]
 
