@@ -24,8 +24,8 @@ from deid.latent import load_latent_model
 from deid.latent import mobilestylegan as msg
 from deid.latent.generator import GeneratorModel, stats_path
 
-DATA = REPO.parent / "shared" / "data"
-PHOTO = DATA / "lfw-dev" / "Alan_Greenspan" / "Alan_Greenspan_0001.jpg"
+#: a real face from the bundled samples (in every checkout; ../shared/data may be absent in CI)
+PHOTO = REPO / "manifests" / "samples" / "lfw" / "Celine_Dion" / "Celine_Dion_0001.jpg"
 #: torch vs OpenVINO, max abs on the [-1, 1] image: two float32 engines that round differently
 #: (measured 1.3e-5 to 1.5e-4 over seeds; OpenVINO alone is 1.1e-4 off a float64 evaluation of
 #: the same graph, PyTorch 3.4e-5: docs/latent.md)
