@@ -95,6 +95,9 @@ def test_solid_mask_drives_t1_to_chance(swept):
     assert u["detection_rate"]["second"]["n"] > 0 and u["detection_rate"]["second"]["rate"] == 0.0
     assert u["detection_rate"]["second_on_originals"]["rate"] >= 0.9
     assert u["face"]["ssim"] < 0.1 and u["face"]["mse"] > 1000
+    # the mask edits the face region only: outside the (grown) faces the photo is as it was,
+    # while the whole image is not
+    assert u["outside_faces"]["ssim"] > 0.95 > u["image"]["ssim"]
     blur = swept["groups"]["blur"]["utility"]
     assert u["frechet"]["value"] > 10 * blur["frechet"]["value"]
 

@@ -79,6 +79,7 @@ class Measured:
     orig: "Original"           # the measured original (same geometry as this output)
     image: dict
     face: dict
+    outside: dict
     det_configured: list
     det_second: list | None
     det_second_orig: list | None
@@ -287,6 +288,7 @@ class Evaluator:
                 hog=utility.hog_features(arcface_crop(out, orig.geom)), thumb=_thumb(out, orig.geom),
                 orig=orig, image=utility.image_metrics(orig_rgb, out),
                 face=utility.image_metrics(utility.crop_box(orig_rgb, orig.geom.box), utility.crop_box(out, orig.geom.box)),
+                outside=utility.ssim_outside(orig_rgb, out, orig.boxes),
                 det_configured=utility.matched(found, orig.boxes), det_second=det2, det_second_orig=det2o,
             ))
 
@@ -360,6 +362,7 @@ class Evaluator:
             },
             "image": _means([m.image for m in g.records]),
             "face": _means([m.face for m in g.records]),
+            "outside_faces": {"ssim": _mean_of([m.outside["ssim"] for m in g.records])},
             "frechet": utility.frechet_distance(np.array([x.hog for x in origs]), np.array([m.hog for m in g.records])),
         }
         return {"label": g.label, "run_id": g.run_id, "method": g.method, "params": g.params,
@@ -373,6 +376,11 @@ def _checks(recognizer) -> bool:
 
 def _rate(flags: list[bool]) -> dict:
     return {"rate": float(np.mean(flags)) if flags else None, "n": len(flags)}
+
+
+def _mean_of(values: list) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
 
 
 def _means(items: list[dict]) -> dict:

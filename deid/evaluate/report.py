@@ -193,14 +193,15 @@ Originals {'shown' if originals else 'left out of this report'}.</p>""")
                  f"({e(str(d['second']))}; its rate on the originals in brackets). SSIM/PSNR/MSE against the original, whole "
                  f"image and face box. Fréchet distance over {e(FRECHET_NOTE)}.</p>")
     parts.append("<table><tr><th class='l'>group</th><th>detected (run's)</th><th>detected (second)</th><th>SSIM image</th>"
-                 "<th>SSIM face</th><th>PSNR face dB</th><th>MSE face</th><th>Fréchet (HOG)</th></tr>")
+                 "<th>SSIM face</th><th>SSIM outside faces</th><th>PSNR face dB</th><th>MSE face</th><th>Fréchet (HOG)</th></tr>")
     for g in metrics["groups"]:
         u = g["utility"]
         dr = u["detection_rate"]
         parts.append(
             f"<tr><td class='l'>{e(g['label'])}</td><td>{_fmt(dr['configured']['rate'], True)}</td>"
             f"<td>{_fmt(dr['second']['rate'], True)} ({_fmt(dr['second_on_originals']['rate'], True)}, n={dr['second']['n']})</td>"
-            f"<td>{_fmt(u['image']['ssim'])}</td><td>{_fmt(u['face']['ssim'])}</td><td>{_fmt(u['face']['psnr'], nd=1)}</td>"
+            f"<td>{_fmt(u['image']['ssim'])}</td><td>{_fmt(u['face']['ssim'])}</td>"
+            f"<td>{_fmt(u.get('outside_faces', {}).get('ssim'))}</td><td>{_fmt(u['face']['psnr'], nd=1)}</td>"
             f"<td>{_fmt(u['face']['mse'], nd=0)}</td><td>{_fmt(u['frechet']['value'], nd=2)}</td></tr>")
     parts.append("</table>")
 

@@ -6,7 +6,9 @@
   used HOG, HOG otherwise; or any registered detector by name, with its default params); for the second detector its
   rate on the *originals* is given too, since its boxes were not the ones the run used.
   Detectors are built with :func:`deid.faces.make_detector` and :data:`DETECTOR_PARAMS`.
-* SSIM, PSNR, MSE (scikit-image) on the whole image and on the face box, RGB, data range 255.
+* SSIM, PSNR, MSE (scikit-image) on the whole image and on the face box, RGB, data range 255;
+  and SSIM over the pixels outside every face region (:func:`ssim_outside`: boxes grown by half
+  their size per side), which a method should leave alone.
 * Fréchet distance between feature sets of original and anonymized face crops. Features:
   HOG descriptors (scikit-image) of the 112x112 ArcFace-aligned grey crop, reduced by a PCA
   fitted on the originals. It is *not* Inception-FID (no Inception weights are used); the
@@ -35,6 +37,30 @@ def image_metrics(a: np.ndarray, b: np.ndarray) -> dict:
     ssim = float(structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win)) if win >= 3 else None
     psnr = None if mse == 0 else float(peak_signal_noise_ratio(a, b, data_range=255))
     return {"ssim": ssim, "psnr": psnr, "mse": mse}
+
+
+#: the faces' boxes are grown by this fraction per side before "outside the faces" begins (any
+#: method's margin and feather fit inside)
+OUTSIDE_GROWTH = 0.5
+
+
+def ssim_outside(a: np.ndarray, b: np.ndarray, boxes) -> dict:
+    """SSIM between two RGB uint8 images over the pixels outside every face region (each box
+    grown by :data:`OUTSIDE_GROWTH` per side): how much of the photo that is not a face the
+    method left alone (1: untouched). ``{"ssim": None}`` when the faces cover the image."""
+    h, w = a.shape[:2]
+    side = min(h, w)
+    win = min(7, side if side % 2 else side - 1)
+    if win < 3:
+        return {"ssim": None}
+    outside = np.ones((h, w), bool)
+    for x0, y0, x1, y1 in boxes:
+        gx, gy = OUTSIDE_GROWTH * (x1 - x0), OUTSIDE_GROWTH * (y1 - y0)
+        outside[max(0, int(y0 - gy)):min(h, int(np.ceil(y1 + gy))), max(0, int(x0 - gx)):min(w, int(np.ceil(x1 + gx)))] = False
+    if not outside.any():
+        return {"ssim": None}
+    _, full = structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win, full=True)
+    return {"ssim": float(full.mean(axis=2)[outside].mean())}
 
 
 def crop_box(rgb: np.ndarray, box) -> np.ndarray:
