@@ -536,9 +536,6 @@ def run_synthetic(detectors, scenes: list[Scene], budget: float | None = None) -
     if not rows:
         return rows
 
-    def pct(h, k):
-        return f"{h / k:.0%}" if k else "-"
-
     def label(r):
         return r["name"] if r["scenes"] == len(scenes) else f"{r['name']} * ({r['scenes']}/{len(scenes)})"
 
@@ -557,16 +554,8 @@ def run_synthetic(detectors, scenes: list[Scene], budget: float | None = None) -
         cells = "".join(f" {pct(*r['size'][:, i])} |" for i in range(len(SIZE_BINS)))
         print(f"| {label(r)} | {pct(r['hits'], r['n'])} |{cells} {pct(*r['edge'])} | {pct(*r['easy'])} | "
               f"{r['fp']:.2f} | {r['ms']:.0f} |")
-    rot = "".join(f" {lo}°{'' if lo == hi else f'-{hi}°'} (n={int(r0['rot'][1][i])}) |" for i, (lo, hi) in enumerate(ROT_BINS))
-    ex = "".join(f" x{lo:g}{'' if lo == hi else f'-{hi:g}'} (n={int(r0['expo'][1][i])}) |"
-                 for i, (lo, hi) in enumerate(EXPO_BINS))
     print(f"\n   rotation and exposure bins: faces >= {EASY_WIDTH} px wide inside the frame")
-    print(f"| detector |{rot}{ex}")
-    print("|" + "---|" * (1 + len(ROT_BINS) + len(EXPO_BINS)))
-    for r in rows:
-        cells = "".join(f" {pct(*r['rot'][:, i])} |" for i in range(len(ROT_BINS)))
-        cells += "".join(f" {pct(*r['expo'][:, i])} |" for i in range(len(EXPO_BINS)))
-        print(f"| {label(r)} |{cells}")
+    print_rotation_exposure("detector", rows, label, r0)
     return rows
 
 
@@ -813,9 +802,6 @@ def run_timing(cands: dict[str, dict], images: list[np.ndarray]) -> dict[str, fl
 
 
 def print_coverage(lab_rows: list, syn_rows: list, cands: dict[str, dict], n_scenes: int) -> None:
-    def pct(h, k):
-        return f"{h / k:.0%}" if k else "-"
-
     def ratio(rows, r):
         base = next((x["ms"] for x in rows if x["name"] == COVERAGE_BASELINE), None)
         return f"{r['ms'] / base:.2f}x" if base else "-"
@@ -855,15 +841,27 @@ def print_coverage(lab_rows: list, syn_rows: list, cands: dict[str, dict], n_sce
             print(f"| {r['name']} | {r['big'][0]}/{r['big'][1]} ({r['big'][0] / max(r['big'][1], 1):.1%}) |{cells} "
                   f"{pct(*r['edge'])} | {r['fp'] / r['scenes']:.2f} | {r['gate']} | {r['quarantined']} | {ms(r)} | "
                   f"{ratio(syn_rows, r)} |")
-        rot = "".join(f" {lo}°{'' if lo == hi else f'-{hi}°'} (n={int(r0['rot'][1][i])}) |" for i, (lo, hi) in enumerate(ROT_BINS))
-        ex = "".join(f" x{lo:g}{'' if lo == hi else f'-{hi:g}'} (n={int(r0['expo'][1][i])}) |"
-                     for i, (lo, hi) in enumerate(EXPO_BINS))
-        print(f"\n| detector + gate (faces >= 24 px) |{rot}{ex}")
-        print("|" + "---|" * (1 + len(ROT_BINS) + len(EXPO_BINS)))
-        for r in syn_rows:
-            cells = "".join(f" {pct(*r['rot'][:, i])} |" for i in range(len(ROT_BINS)))
-            cells += "".join(f" {pct(*r['expo'][:, i])} |" for i in range(len(EXPO_BINS)))
-            print(f"| {r['name']} |{cells}")
+        print()
+        print_rotation_exposure("detector + gate (faces >= 24 px)", syn_rows, lambda r: r["name"])
+
+
+def pct(h, k) -> str:
+    return f"{h / k:.0%}" if k else "-"
+
+
+def print_rotation_exposure(title: str, rows: list[dict], label, r0: dict | None = None) -> None:
+    """The markdown table of ``rows`` by rotation and exposure bin (``rot`` / ``expo``: hits, n);
+    the bins' n from ``r0`` (default: the first row)."""
+    r0 = r0 or rows[0]
+    rot = "".join(f" {lo}°{'' if lo == hi else f'-{hi}°'} (n={int(r0['rot'][1][i])}) |" for i, (lo, hi) in enumerate(ROT_BINS))
+    ex = "".join(f" x{lo:g}{'' if lo == hi else f'-{hi:g}'} (n={int(r0['expo'][1][i])}) |"
+                 for i, (lo, hi) in enumerate(EXPO_BINS))
+    print(f"| {title} |{rot}{ex}")
+    print("|" + "---|" * (1 + len(ROT_BINS) + len(EXPO_BINS)))
+    for r in rows:
+        cells = "".join(f" {pct(*r['rot'][:, i])} |" for i in range(len(ROT_BINS)))
+        cells += "".join(f" {pct(*r['expo'][:, i])} |" for i in range(len(EXPO_BINS)))
+        print(f"| {label(r)} |{cells}")
 
 
 def save_example(scene: Scene, det_name: str, det, path: Path, width: int = 880) -> None:

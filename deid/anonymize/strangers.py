@@ -139,14 +139,11 @@ def build_bank(images: Iterator[np.ndarray], n: int, size: int, mesher, fingerpr
 
 
 def cache_dir(explicit: str | None = None) -> Path:
-    """Where banks are cached: ``explicit``, else ``$DEID_CACHE_DIR/strangers``, else
-    ``$XDG_CACHE_HOME/deid/strangers`` (``~/.cache/deid/strangers``)."""
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("DEID_CACHE_DIR")
-    if base:
-        return Path(base) / "strangers"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deid" / "strangers"
+    """Where banks are cached: ``explicit``, else ``strangers/`` under deid's cache folder
+    (:func:`deid.latent.generator.cache_root`)."""
+    from deid.latent.generator import cache_root
+
+    return Path(explicit).expanduser() if explicit else cache_root() / "strangers"
 
 
 def bank_key(generator_fingerprint: str, mesh_fingerprint: str, n: int, size: int, truncation: float) -> str:

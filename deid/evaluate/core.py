@@ -79,7 +79,6 @@ class Measured:
     orig: "Original"           # the measured original (same geometry as this output)
     image: dict
     face: dict
-    outside: dict
     det_configured: list
     det_second: list | None
     det_second_orig: list | None
@@ -286,9 +285,8 @@ class Evaluator:
             g.records.append(Measured(
                 record_id=r["record_id"], source=r["input_uri"], subject=subject, emb=emb, dist=dist,
                 hog=utility.hog_features(arcface_crop(out, orig.geom)), thumb=_thumb(out, orig.geom),
-                orig=orig, image=utility.image_metrics(orig_rgb, out),
+                orig=orig, image=utility.image_metrics(orig_rgb, out, outside_of=orig.boxes),
                 face=utility.image_metrics(utility.crop_box(orig_rgb, orig.geom.box), utility.crop_box(out, orig.geom.box)),
-                outside=utility.ssim_outside(orig_rgb, out, orig.boxes),
                 det_configured=utility.matched(found, orig.boxes), det_second=det2, det_second_orig=det2o,
             ))
 
@@ -362,7 +360,7 @@ class Evaluator:
             },
             "image": _means([m.image for m in g.records]),
             "face": _means([m.face for m in g.records]),
-            "outside_faces": {"ssim": _mean_of([m.outside["ssim"] for m in g.records])},
+            "outside_faces": {"ssim": _mean_of([m.image["ssim_outside"] for m in g.records])},
             "frechet": utility.frechet_distance(np.array([x.hog for x in origs]), np.array([m.hog for m in g.records])),
         }
         return {"label": g.label, "run_id": g.run_id, "method": g.method, "params": g.params,

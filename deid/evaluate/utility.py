@@ -7,7 +7,7 @@
   rate on the *originals* is given too, since its boxes were not the ones the run used.
   Detectors are built with :func:`deid.faces.make_detector` and :data:`DETECTOR_PARAMS`.
 * SSIM, PSNR, MSE (scikit-image) on the whole image and on the face box, RGB, data range 255;
-  and SSIM over the pixels outside every face region (:func:`ssim_outside`: boxes grown by half
+  and SSIM over the pixels outside every face region (``ssim_outside``: boxes grown by half
   their size per side), which a method should leave alone.
 * Fréchet distance between feature sets of original and anonymized face crops. Features:
   HOG descriptors (scikit-image) of the 112x112 ArcFace-aligned grey crop, reduced by a PCA
@@ -29,14 +29,27 @@ FRECHET_FEATURES = "hog-pca: skimage HOG (9 orientations, 16x16 cells, 2x2 block
 FRECHET_MAX_DIMS = 32
 
 
-def image_metrics(a: np.ndarray, b: np.ndarray) -> dict:
-    """SSIM, PSNR (dB; None where the images are identical) and MSE between two RGB uint8 images."""
+def image_metrics(a: np.ndarray, b: np.ndarray, outside_of=None) -> dict:
+    """SSIM, PSNR (dB; None where the images are identical) and MSE between two RGB uint8 images;
+    with ``outside_of`` (face boxes), also ``ssim_outside``: SSIM over the pixels outside every
+    face region (:func:`outside_mask`), from the same SSIM map (computed once)."""
     mse = float(mean_squared_error(a, b))
     side = min(a.shape[0], a.shape[1])
     win = min(7, side if side % 2 else side - 1)
-    ssim = float(structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win)) if win >= 3 else None
     psnr = None if mse == 0 else float(peak_signal_noise_ratio(a, b, data_range=255))
-    return {"ssim": ssim, "psnr": psnr, "mse": mse}
+    out = {"ssim": None, "psnr": psnr, "mse": mse}
+    if win < 3:
+        return out | ({"ssim_outside": None} if outside_of is not None else {})
+    if outside_of is None:
+        out["ssim"] = float(structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win))
+        return out
+    _, smap = structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win, full=True)
+    pad = (win - 1) // 2  # scikit-image's mean SSIM leaves out the map's border
+    inner = smap[pad:smap.shape[0] - pad, pad:smap.shape[1] - pad]
+    out["ssim"] = float(inner.reshape(-1, smap.shape[2]).mean(axis=0, dtype=np.float64).mean())
+    mask = outside_mask(a.shape[:2], outside_of)
+    out["ssim_outside"] = float(smap.mean(axis=2)[mask].mean()) if mask.any() else None
+    return out
 
 
 #: the faces' boxes are grown by this fraction per side before "outside the faces" begins (any
@@ -44,23 +57,15 @@ def image_metrics(a: np.ndarray, b: np.ndarray) -> dict:
 OUTSIDE_GROWTH = 0.5
 
 
-def ssim_outside(a: np.ndarray, b: np.ndarray, boxes) -> dict:
-    """SSIM between two RGB uint8 images over the pixels outside every face region (each box
-    grown by :data:`OUTSIDE_GROWTH` per side): how much of the photo that is not a face the
-    method left alone (1: untouched). ``{"ssim": None}`` when the faces cover the image."""
-    h, w = a.shape[:2]
-    side = min(h, w)
-    win = min(7, side if side % 2 else side - 1)
-    if win < 3:
-        return {"ssim": None}
+def outside_mask(shape_hw: tuple[int, int], boxes) -> np.ndarray:
+    """bool mask of the pixels outside every face region (each box grown by
+    :data:`OUTSIDE_GROWTH` per side)."""
+    h, w = shape_hw
     outside = np.ones((h, w), bool)
     for x0, y0, x1, y1 in boxes:
         gx, gy = OUTSIDE_GROWTH * (x1 - x0), OUTSIDE_GROWTH * (y1 - y0)
         outside[max(0, int(y0 - gy)):min(h, int(np.ceil(y1 + gy))), max(0, int(x0 - gx)):min(w, int(np.ceil(x1 + gx)))] = False
-    if not outside.any():
-        return {"ssim": None}
-    _, full = structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win, full=True)
-    return {"ssim": float(full.mean(axis=2)[outside].mean())}
+    return outside
 
 
 def crop_box(rgb: np.ndarray, box) -> np.ndarray:

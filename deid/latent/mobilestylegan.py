@@ -37,7 +37,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from deid.latent.registry import LATENT_MODELS, LatentParams
+from deid.latent.registry import LATENT_MODELS, GeneratorParams
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 NAME = "mobilestylegan"
@@ -222,24 +222,15 @@ def torch_generator(paths: dict[str, Path], device: str = "cpu"):
 
 
 # ---------------------------------------------------------------------------- the plug-in
-class MobileStyleGANParams(LatentParams):
+class MobileStyleGANParams(GeneratorParams):
     model_dir: str | None = path_field(
         None, description="local folder with MappingNetwork.xml/.bin and SynthesisNetwork.xml/.bin (OpenVINO IR); "
         "null: the random-face wheel's data/ (installed by make install; sha256-pinned)")
     runtime: Literal["auto", "openvino", "torch"] = Field(
         "auto", description="openvino: CPU; torch: the same graph in PyTorch (CUDA, gradients); auto: torch on a "
         "CUDA device, else openvino")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (auto: CUDA when the actor holds a GPU)")
-    stats_samples: int = Field(10000, ge=100, le=10_000_000,
-                               description="mapped z samples behind the public w statistics (mean, bounds, PCA)")
-    stats_seed: int = Field(0, ge=0, description="seed of those z samples (a fit, not a privacy mechanism)")
-    cache_dir: str | None = path_field(
-        None, description="folder for the cached w statistics; null: $DEID_CACHE_DIR/generator-stats, else "
-        "~/.cache/deid/generator-stats")
     crop_size: int | None = Field(None, ge=64, le=1024, description="size of the generated faces (area-resized); "
                                   "null: the generator's 1024")
-    align_scale: float = Field(1.0, gt=0.0, le=2.0, description="alignment scale of the FFHQ crop (< 1: more context)")
-    batch_size: int = Field(4, ge=1, le=256, description="faces per synthesis call")
 
     @model_validator(mode="after")
     def _runtime_fits_device(self) -> "MobileStyleGANParams":

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deid.latent.base import LatentModel
-from deid.plugins import Registry
+from deid.plugins import Registry, path_field
 
 LATENT_MODELS = Registry("latent", "deid.latent")
 
@@ -74,6 +74,22 @@ def latent_mismatch(method_plugin, latent_plugin) -> str | None:
     codecs = [p.name for p in LATENT_MODELS if "codec" in latent_kinds(p)]
     return (f"method {method_plugin.name} encodes faces and needs a latent model with an encoder "
             f"({', '.join(codecs)}); {latent_plugin.name} is a {have} without one")
+
+
+class GeneratorParams(LatentParams):
+    """What every ``generator`` latent backend accepts (its params model subclasses this one)."""
+
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (auto: CUDA when the actor holds a GPU)")
+    stats_samples: int = Field(10000, ge=100, le=10_000_000,
+                               description="mapped z samples behind the public w statistics (mean, bounds, PCA)")
+    stats_seed: int = Field(0, ge=0, description="seed of those z samples (a fit, not a privacy mechanism)")
+    cache_dir: str | None = path_field(
+        None, description="folder for the cached w statistics; null: $DEID_CACHE_DIR/generator-stats, else "
+        "~/.cache/deid/generator-stats")
+    crop_size: int | None = Field(None, ge=64, le=2048, description="size of the generated faces (area-resized); "
+                                  "null: the generator's resolution")
+    align_scale: float = Field(1.0, gt=0.0, le=2.0, description="alignment scale of the FFHQ crop (< 1: more context)")
+    batch_size: int = Field(4, ge=1, le=256, description="faces per synthesis call")
 
 
 def load_latent_model(spec: Mapping[str, Any] | BaseModel | str | None = None, **overrides: Any) -> LatentModel:

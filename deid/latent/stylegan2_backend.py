@@ -18,14 +18,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from deid.latent.registry import LATENT_MODELS, LatentParams
+from deid.latent.registry import LATENT_MODELS, GeneratorParams
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 NAME = "stylegan2"
 _NC = re.compile(r"non[- ]?commercial|\bNC\b|research[- ]only", re.IGNORECASE)
 
 
-class StyleGAN2Params(LatentParams):
+class StyleGAN2Params(GeneratorParams):
     checkpoint: str = path_field(..., description="the checkpoint file (local path or fsspec URI): a rosinality .pt, "
                                  "an NVIDIA stylegan2-ada .pkl, or a pSp/e4e .pt (its decoder)")
     format: Literal["auto", "rosinality", "stylegan2-ada", "psp"] = Field(
@@ -36,16 +36,6 @@ class StyleGAN2Params(LatentParams):
     weights_non_commercial: bool | None = Field(
         None, description="the weights may not be used commercially (null: from weights_licence: NC, "
         "non-commercial or research-only in its text)")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (auto: CUDA when the actor holds a GPU)")
-    stats_samples: int = Field(10000, ge=100, le=10_000_000, description="mapped z samples behind the public w "
-                               "statistics (mean, bounds, PCA)")
-    stats_seed: int = Field(0, ge=0, description="seed of those z samples (a fit, not a privacy mechanism)")
-    cache_dir: str | None = path_field(None, description="folder for the cached w statistics (default: "
-                                       "$DEID_CACHE_DIR/generator-stats, else ~/.cache/deid/generator-stats)")
-    crop_size: int | None = Field(None, ge=64, le=2048, description="size of the generated faces (area-resized); "
-                                  "null: the generator's resolution")
-    align_scale: float = Field(1.0, gt=0.0, le=2.0, description="alignment scale of the FFHQ crop")
-    batch_size: int = Field(4, ge=1, le=256, description="faces per synthesis call")
 
     @model_validator(mode="after")
     def _nc(self) -> "StyleGAN2Params":
