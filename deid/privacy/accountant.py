@@ -20,10 +20,17 @@ Contract
 * ``sensitivity`` is the largest distance (L1 for Laplace, L2 for Gaussian) between the
   clipped values of *any two* faces, i.e. the diameter of the public clip region, lattice
   rounding included, and ``noise_scale`` is the Laplace scale b or the Gaussian sigma.
+* ``kary_rr`` charges are k-ary randomized response of one face attribute
+  (:mod:`deid.anonymize.ppas`): pure epsilon-DP over any two values (the discrete metric,
+  sensitivity 1), ``noise_scale`` the probability q of a uniform draw over the ``categories``
+  (k) values, validated as ``epsilon >= log(k / q - k + 1)``. They compose with the rest like
+  Laplace releases: in the pure sum, and in RDP as ``RandomizedResponseDpEvent(q, k)`` (its
+  exact Renyi curve under REPLACE_ONE, which is deid's neighbouring relation for every charge;
+  the Laplace and zCDP curves do not depend on it).
 * :func:`compose` returns a pair (epsilon, delta) such that the whole history of a subject
   is (epsilon, delta)-DP. It is an upper bound, never an estimate from below:
 
-  - **only Laplace releases**: ``(sum of epsilon_i, 0.0)``, pure epsilon-DP. Pure-DP
+  - **only Laplace (and kary_rr) releases**: ``(sum of epsilon_i, 0.0)``, pure epsilon-DP. Pure-DP
     composition is exactly additive and this sum is tight (Kairouz, Oh & Viswanath 2015,
     Thm 3.3 at delta=0; dp-accounting implements that theorem as
     ``pld.accountant.advanced_composition``, which the tests cross-check). dp-accounting's

@@ -29,6 +29,9 @@ Contract
   already has charges in that run returns the existing reservation (a retried Ray task or
   a resumed run charges nothing twice). Reserving it again with *different* facts is a
   :class:`LedgerError`.
+* **Schema 2** adds the ``categories`` column and the ``kary_rr`` mechanism (attribute releases,
+  :mod:`deid.anonymize.ppas`); a schema-1 ledger is migrated in place when it is opened (the
+  charges table rebuilt in one transaction, every charge copied as it was).
 * **Reported spend** is :func:`deid.privacy.accountant.compose` of a subject's charges at
   ``target_delta = max_delta``: ``(sum of epsilons, 0)`` for pure Laplace histories,
   ``(epsilon at max_delta, max_delta)`` once a Gaussian release is in the history (RDP
