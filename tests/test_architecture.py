@@ -1,7 +1,7 @@
 """The shape of the package: no import cycles, and imports point down one way (docs/design.md).
 
 Layers, bottom to top: the plug-in kinds and their support (``plugins``, ``facts``, ``io``,
-``privacy``, ``faces``, ``latent``, ``anonymize``); ``config`` (the manifest schema, built from
+``privacy``, ``faces``, ``latent``, ``anonymize``, ``attributes``); ``config`` (the manifest schema, built from
 their registries); ``audit`` and ``pipeline`` (compose them); ``evaluate`` and ``cli`` on top.
 Function-level imports count too: a lazy import is still a dependency.
 """
@@ -15,7 +15,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "deid"
 
-LAYER = {"plugins": 0, "facts": 0, "io": 0, "privacy": 0, "faces": 0, "latent": 0, "anonymize": 0,
+LAYER = {"plugins": 0, "facts": 0, "io": 0, "privacy": 0, "faces": 0, "latent": 0, "anonymize": 0, "attributes": 0,
          "config": 1, "audit": 2, "pipeline": 3, "evaluate": 4, "cli": 5}
 
 

@@ -2,7 +2,7 @@
 
 Contract:
 
-* ``deid plugins`` prints, grouped by kind (detector, latent, method, recognizer, attack), each
+* ``deid plugins`` prints, grouped by kind (detector, latent, method, recognizer, attack, attribute), each
   plug-in's name, summary, licences (code and weights), needs and params (name, type,
   default, description). Weights that may not be used commercially are flagged
   ``NON-COMMERCIAL`` on the plug-in's first line. Summaries and licences wrap; a param line
@@ -79,7 +79,7 @@ def default_text(field) -> str:
 
 # ---------------------------------------------------------------------------- text
 def plugins_cmd(
-    kind: str = typer.Option(None, "--kind", help="only this kind: detector, latent, method, recognizer, attack"),
+    kind: str = typer.Option(None, "--kind", help="only this kind: detector, latent, method, recognizer, attack, attribute"),
     json_out: bool = typer.Option(False, "--json", help="print the plug-ins' declarations as JSON"),
 ) -> None:
     """List the registered plug-ins: summary, params, needs, code and weights licences."""
@@ -102,7 +102,8 @@ def text_lines(plugins: list, width: int = 100) -> list[str]:
     for kind in dict.fromkeys(p.kind for p in plugins):
         these = [p for p in plugins if p.kind == kind]
         key, _, default = section(kind)
-        where = f"manifest {key}, default {default}" if key else "deid evaluate runs every one"
+        where = (f"manifest {key}, default {default}" if key else "deid evaluate runs every one"
+                 if kind in ("recognizer", "attack") else "estimates for deid.anonymize.ppas; no manifest section yet")
         out += ["" if out else None, f"{kind} ({len(these)}; {where})"]
         for p in these:
             flag = "  NON-COMMERCIAL WEIGHTS" if p.licence.non_commercial else ""

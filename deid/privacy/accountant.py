@@ -20,10 +20,17 @@ Contract
 * ``sensitivity`` is the largest distance (L1 for Laplace, L2 for Gaussian) between the
   clipped values of *any two* faces, i.e. the diameter of the public clip region, lattice
   rounding included, and ``noise_scale`` is the Laplace scale b or the Gaussian sigma.
+* ``kary_rr`` charges are k-ary randomized response of one face attribute
+  (:mod:`deid.anonymize.ppas`): pure epsilon-DP over any two values (the discrete metric,
+  sensitivity 1), ``noise_scale`` the probability q of a uniform draw over the ``categories``
+  (k) values, validated as ``epsilon >= log(k / q - k + 1)``. They compose with the rest like
+  Laplace releases: in the pure sum, and in RDP as ``RandomizedResponseDpEvent(q, k)`` (its
+  exact Renyi curve under REPLACE_ONE, which is deid's neighbouring relation for every charge;
+  the Laplace and zCDP curves do not depend on it).
 * :func:`compose` returns a pair (epsilon, delta) such that the whole history of a subject
   is (epsilon, delta)-DP. It is an upper bound, never an estimate from below:
 
-  - **only Laplace releases**: ``(sum of epsilon_i, 0.0)``, pure epsilon-DP. Pure-DP
+  - **only Laplace (and kary_rr) releases**: ``(sum of epsilon_i, 0.0)``, pure epsilon-DP. Pure-DP
     composition is exactly additive and this sum is tight (Kairouz, Oh & Viswanath 2015,
     Thm 3.3 at delta=0; dp-accounting implements that theorem as
     ``pld.accountant.advanced_composition``, which the tests cross-check). dp-accounting's
@@ -107,8 +114,10 @@ RDP_ORDERS: tuple[float, ...] = tuple(rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
 #: b = sensitivity / epsilon in floating point cannot reproduce epsilon to the last bit.
 _CLAIM_RTOL = 1e-9
 
-Mechanism = Literal["laplace", "gaussian"]
-MECHANISMS: tuple[str, ...] = ("laplace", "gaussian")
+Mechanism = Literal["laplace", "gaussian", "kary_rr"]
+MECHANISMS: tuple[str, ...] = ("laplace", "gaussian", "kary_rr")
+#: mechanisms that are pure epsilon-DP (delta = 0): their histories compose by the plain sum
+PURE_MECHANISMS: tuple[str, ...] = ("laplace", "kary_rr")
 
 
 def _finite(name: str, value: float) -> float:
@@ -146,15 +155,31 @@ def _laplace_noise_multiplier(sensitivity: float, noise_scale: float) -> float:
     return m
 
 
+def kary_rr_epsilon(uniform_prob: float, categories: int) -> float:
+    """The epsilon of k-ary randomized response whose output is a uniform draw over the
+    ``categories`` values with probability ``uniform_prob`` (and the true value otherwise):
+    ``log(k / q - k + 1)``, i.e. ``log(p_keep / p_other)`` with ``p_keep = 1 - q + q / k``,
+    ``p_other = q / k`` (dp-accounting's ``RandomizedResponseDpEvent`` parametrisation)."""
+    q, k = float(uniform_prob), int(categories)
+    return math.log(k / q - k + 1)
+
+
 @dataclass(frozen=True)
 class Charge:
-    """One noisy release of one face, as it happened (the per-release facts)."""
+    """One noisy release of one face, as it happened (the per-release facts).
+
+    ``kary_rr`` (k-ary randomized response of one categorical attribute, deid.anonymize.ppas):
+    ``sensitivity`` is 1 (the discrete metric: the true value replaced by any other),
+    ``noise_scale`` is the probability q that the released value is a uniform draw over the
+    ``categories`` (k) values, and the stated epsilon must be at least ``log(k / q - k + 1)``.
+    ``categories`` is ``None`` for the other mechanisms."""
 
     mechanism: Mechanism
     epsilon: float
     delta: float
     sensitivity: float
     noise_scale: float
+    categories: int | None = None
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -167,6 +192,25 @@ class Charge:
             raise ValueError(f"sensitivity must be > 0, got {self.sensitivity}")
         if self.noise_scale <= 0:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
+        if self.mechanism != "kary_rr":
+            if self.categories is not None:
+                raise ValueError(f"a {self.mechanism} release has no categories (got {self.categories!r})")
+        else:
+            k = self.categories
+            if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+                raise ValueError(f"a kary_rr release needs categories >= 2 (an int), got {k!r}")
+            if self.delta != 0.0:
+                raise ValueError(f"randomized response is pure epsilon-DP: delta must be 0, got {self.delta}")
+            if self.sensitivity != 1.0:
+                raise ValueError("a kary_rr release has sensitivity 1 (the discrete metric), "
+                                 f"got {self.sensitivity}")
+            if not self.noise_scale <= 1.0:
+                raise ValueError(f"a kary_rr noise_scale is a probability (of a uniform draw), got {self.noise_scale}")
+            true_eps = kary_rr_epsilon(self.noise_scale, k)
+            if self.epsilon < true_eps * (1 - _CLAIM_RTOL):
+                raise ValueError(
+                    f"randomized response over {k} values drawing uniformly with probability {self.noise_scale} "
+                    f"gives epsilon {true_eps}, more than the stated {self.epsilon}")
         if self.mechanism == "laplace":
             if self.delta != 0.0:
                 raise ValueError(f"a Laplace release is pure epsilon-DP: delta must be 0, got {self.delta}")
@@ -176,7 +220,7 @@ class Charge:
                     f"Laplace noise b={self.noise_scale} with sensitivity {self.sensitivity} gives "
                     f"epsilon {true_eps}, more than the stated {self.epsilon}"
                 )
-        else:
+        elif self.mechanism == "gaussian":
             if not 0.0 < self.delta < 1.0:
                 raise ValueError(f"a Gaussian release needs 0 < delta < 1, got {self.delta}")
             certified = _mechanisms.certified_gaussian_delta(self.epsilon, self.noise_scale, self.sensitivity)
@@ -198,7 +242,8 @@ class Charge:
         dp = getattr(release, "dp", release)
         if dp is None:
             raise ValueError(f"{getattr(release, 'method', 'the method')}: a face with no DP release has no charge")
-        return cls(dp.mechanism, dp.epsilon, dp.delta, dp.sensitivity, dp.noise_scale)
+        return cls(dp.mechanism, dp.epsilon, dp.delta, dp.sensitivity, dp.noise_scale,
+                   getattr(dp, "categories", None))
 
     @property
     def noise_multiplier(self) -> float:
@@ -213,21 +258,26 @@ class Charge:
             return math.nan
         return _zcdp_rho(self.sensitivity, self.noise_scale)
 
-    def _rdp_key(self) -> tuple[str, float]:
+    def _rdp_key(self) -> tuple:
         if self.mechanism == "laplace":
             return "laplace", _laplace_noise_multiplier(self.sensitivity, self.noise_scale)
+        if self.mechanism == "kary_rr":
+            return "kary_rr", self.noise_scale, self.categories
         return "gaussian", self.rho
 
     def dp_event(self) -> dp_accounting.DpEvent:
-        """The dp-accounting event this release is composed as: ``LaplaceDpEvent`` or
-        ``ZCDpEvent(rho)`` (what is proved for the discrete Gaussian; not ``GaussianDpEvent``)."""
+        """The dp-accounting event this release is composed as: ``LaplaceDpEvent``,
+        ``ZCDpEvent(rho)`` (what is proved for the discrete Gaussian; not ``GaussianDpEvent``)
+        or ``RandomizedResponseDpEvent(q, k)`` (its exact RDP curve under REPLACE_ONE)."""
         return _event(*self._rdp_key())
 
 
-def _event(mechanism: str, param: float) -> dp_accounting.DpEvent:
+def _event(mechanism: str, *param) -> dp_accounting.DpEvent:
     if mechanism == "laplace":
-        return dp_accounting.LaplaceDpEvent(noise_multiplier=param)
-    return dp_accounting.ZCDpEvent(rho=param)
+        return dp_accounting.LaplaceDpEvent(noise_multiplier=param[0])
+    if mechanism == "kary_rr":
+        return dp_accounting.RandomizedResponseDpEvent(noise_parameter=param[0], num_buckets=param[1])
+    return dp_accounting.ZCDpEvent(rho=param[0])
 
 
 def _check_delta(name: str, value: float) -> float:
@@ -256,7 +306,7 @@ def compose(charges: Iterable[Charge], target_delta: float | None = None) -> tup
 
 
 def _sort_key(c: Charge) -> tuple:
-    return (c.mechanism, c.epsilon, c.delta, c.sensitivity, c.noise_scale)
+    return (c.mechanism, c.epsilon, c.delta, c.sensitivity, c.noise_scale, c.categories or 0)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -264,8 +314,8 @@ def _compose_canonical(items: tuple[tuple[Charge, int], ...], target_delta: floa
     if not items:
         return 0.0, 0.0
     # One term per release: k releases of eps_i add exactly like k separate terms.
-    laplace_eps = math.fsum(c.epsilon for c, n in items if c.mechanism == "laplace" for _ in range(n))
-    if all(c.mechanism == "laplace" for c, _ in items):
+    laplace_eps = math.fsum(c.epsilon for c, n in items if c.mechanism in PURE_MECHANISMS for _ in range(n))
+    if all(c.mechanism in PURE_MECHANISMS for c, _ in items):
         return laplace_eps, 0.0
     if target_delta is None:
         raise ValueError("a history with a Gaussian release is reported at a target delta: pass target_delta")
@@ -287,10 +337,14 @@ def rdp_epsilon(items: Iterable[tuple[Charge, int]], target_delta: float) -> flo
     for c, n in items:
         groups[c._rdp_key()] += n
     events = []
-    for (mechanism, param), n in sorted(groups.items()):
-        base = _event(mechanism, param)
+    for key, n in sorted(groups.items()):
+        base = _event(*key)
         events.append(base if n == 1 else dp_accounting.SelfComposedDpEvent(base, n))
-    acc = rdp_privacy_accountant.RdpAccountant(orders=RDP_ORDERS)
+    # REPLACE_ONE: deid's neighbours are any two faces (or attribute values) in the same place,
+    # which is what every sensitivity here is taken over. The Laplace and zCDP curves do not
+    # depend on the relation; randomized response's does, and dp-accounting requires it.
+    acc = rdp_privacy_accountant.RdpAccountant(
+        orders=RDP_ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     acc.compose(dp_accounting.ComposedDpEvent(events))
     return max(0.0, float(acc.get_epsilon(target_delta)))
 

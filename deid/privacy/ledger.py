@@ -29,6 +29,9 @@ Contract
   already has charges in that run returns the existing reservation (a retried Ray task or
   a resumed run charges nothing twice). Reserving it again with *different* facts is a
   :class:`LedgerError`.
+* **Schema 2** adds the ``categories`` column and the ``kary_rr`` mechanism (attribute releases,
+  :mod:`deid.anonymize.ppas`); a schema-1 ledger is migrated in place when it is opened (the
+  charges table rebuilt in one transaction, every charge copied as it was).
 * **Reported spend** is :func:`deid.privacy.accountant.compose` of a subject's charges at
   ``target_delta = max_delta``: ``(sum of epsilons, 0)`` for pure Laplace histories,
   ``(epsilon at max_delta, max_delta)`` once a Gaussian release is in the history (RDP
@@ -55,7 +58,13 @@ from sqlalchemy.exc import IntegrityError
 
 from deid.privacy.accountant import Charge, compose, would_exceed
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: schema versions this deid opens; an older one is migrated in place when the ledger is
+#: opened for writing (1 -> 2: the ``categories`` column and the ``kary_rr`` mechanism of
+#: attribute releases; the charges are copied unchanged)
+READABLE_VERSIONS = ("1", "2")
+# (opening migrates: a ledger is opened to be charged or to be read by this deid, and the copy
+# keeps every charge as it was)
 STATES = ("reserved", "committed")
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -88,12 +97,13 @@ charges = sa.Table(
     sa.Column("delta", sa.Double, nullable=False),
     sa.Column("sensitivity", sa.Double, nullable=False),
     sa.Column("noise_scale", sa.Double, nullable=False),
+    sa.Column("categories", sa.Integer, nullable=True),   # kary_rr: k; else NULL
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created", sa.DateTime(timezone=True), nullable=False),
     sa.Column("committed_at", sa.DateTime(timezone=True), nullable=True),
     sa.UniqueConstraint("run_id", "record_id", "face_index", name="uq_charges_run_record_face"),
     sa.CheckConstraint("state IN ('reserved', 'committed')", name="ck_charges_state"),
-    sa.CheckConstraint("mechanism IN ('laplace', 'gaussian')", name="ck_charges_mechanism"),
+    sa.CheckConstraint("mechanism IN ('laplace', 'gaussian', 'kary_rr')", name="ck_charges_mechanism"),
 )
 
 
@@ -146,9 +156,10 @@ def _now() -> datetime:
 
 
 @functools.lru_cache(maxsize=65536)
-def _charge(mechanism: str, epsilon: float, delta: float, sensitivity: float, noise_scale: float) -> Charge:
+def _charge(mechanism: str, epsilon: float, delta: float, sensitivity: float, noise_scale: float,
+            categories: int | None = None) -> Charge:
     try:
-        return Charge(mechanism, epsilon, delta, sensitivity, noise_scale)  # type: ignore[arg-type]
+        return Charge(mechanism, epsilon, delta, sensitivity, noise_scale, categories)  # type: ignore[arg-type]
     except ValueError as exc:
         # e.g. a gaussian charge written before deid certified the discrete Gaussian through
         # OpenDP's zCDP route: its stated epsilon is the continuous curve's, which this
@@ -159,7 +170,9 @@ def _charge(mechanism: str, epsilon: float, delta: float, sensitivity: float, no
 
 
 def _row_charge(row) -> Charge:
-    return _charge(row.mechanism, float(row.epsilon), float(row.delta), float(row.sensitivity), float(row.noise_scale))
+    k = row.categories
+    return _charge(row.mechanism, float(row.epsilon), float(row.delta), float(row.sensitivity),
+                   float(row.noise_scale), None if k is None else int(k))
 
 
 def _to_url(url_or_path: str | os.PathLike) -> sa.URL:
@@ -333,7 +346,8 @@ class Ledger:
             rows = [
                 dict(subject_key=k, run_id=run_id, record_id=record_id, face_index=i,
                      mechanism=c.mechanism, epsilon=c.epsilon, delta=c.delta, sensitivity=c.sensitivity,
-                     noise_scale=c.noise_scale, state="reserved", created=now, committed_at=None)
+                     noise_scale=c.noise_scale, categories=c.categories, state="reserved", created=now,
+                     committed_at=None)
                 for i, (k, c) in enumerate(items)
             ]
             conn.execute(sa.insert(charges), rows)
@@ -389,7 +403,7 @@ class Ledger:
             return out
         rows = conn.execute(
             sa.select(charges.c.subject_key, charges.c.mechanism, charges.c.epsilon, charges.c.delta,
-                      charges.c.sensitivity, charges.c.noise_scale)
+                      charges.c.sensitivity, charges.c.noise_scale, charges.c.categories)
             .where(charges.c.subject_key.in_(list(keys)))
         )
         for row in rows:
@@ -433,7 +447,7 @@ class Ledger:
             keys = conn.execute(sa.select(subjects.c.key).order_by(subjects.c.key)).scalars().all()
             rows = conn.execute(
                 sa.select(charges.c.subject_key, charges.c.mechanism, charges.c.epsilon, charges.c.delta,
-                          charges.c.sensitivity, charges.c.noise_scale, charges.c.state)
+                          charges.c.sensitivity, charges.c.noise_scale, charges.c.categories, charges.c.state)
             ).all()
         hist: dict[str, list[Charge]] = defaultdict(list)
         uncommitted: dict[str, int] = defaultdict(int)
@@ -504,6 +518,37 @@ def _upsert_meta(conn: Connection, name: str, value: str) -> None:
         conn.execute(sa.insert(meta_table).values(name=name, value=value))
 
 
+def _migrate_1_to_2(engine: Engine) -> None:
+    """Schema 1 -> 2 in one write transaction: the charges table rebuilt with the ``categories``
+    column and the wider mechanism check (SQLite cannot alter a CHECK constraint), every row
+    copied unchanged, then the version recorded. A failure leaves the ledger at version 1."""
+    cols = ["id", "subject_key", "run_id", "record_id", "face_index", "mechanism", "epsilon", "delta",
+            "sensitivity", "noise_scale", "state", "created", "committed_at"]
+    with _Tx(engine, write=True) as conn:
+        version = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.name == "schema_version")).scalar()
+        if version != "1":
+            return  # migrated by a concurrent opener
+        n = conn.execute(sa.select(sa.func.count()).select_from(sa.table("charges"))).scalar_one()
+        conn.exec_driver_sql("ALTER TABLE charges RENAME TO charges_v1")
+        for ix in sa.inspect(conn).get_indexes("charges_v1"):
+            if ix.get("name") and not ix["name"].startswith("sqlite_"):
+                conn.exec_driver_sql(f'DROP INDEX "{ix["name"]}"')
+        if conn.dialect.name != "sqlite":
+            for ck in ("uq_charges_run_record_face", "ck_charges_state", "ck_charges_mechanism"):
+                conn.exec_driver_sql(f'ALTER TABLE charges_v1 DROP CONSTRAINT IF EXISTS "{ck}"')
+        charges.create(conn)
+        names = ", ".join(cols)
+        conn.exec_driver_sql(f"INSERT INTO charges ({names}) SELECT {names} FROM charges_v1")
+        copied = conn.execute(sa.select(sa.func.count()).select_from(charges)).scalar_one()
+        if copied != n:  # pragma: no cover - the same transaction
+            raise LedgerError(f"ledger migration copied {copied} of {n} charges; nothing changed")
+        conn.exec_driver_sql("DROP TABLE charges_v1")
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('charges', 'id'), "
+                                 "COALESCE((SELECT MAX(id) FROM charges), 0) + 1, false)")
+        conn.execute(sa.update(meta_table).where(meta_table.c.name == "schema_version").values(value=SCHEMA_VERSION))
+
+
 def _init_schema(engine: Engine, create: bool) -> tuple[float, float] | None:
     """Create the tables if asked and needed; check the schema version; return the
     recorded caps, if any."""
@@ -523,8 +568,10 @@ def _init_schema(engine: Engine, create: bool) -> tuple[float, float] | None:
             conn.execute(sa.insert(meta_table).values(name="schema_version", value=SCHEMA_VERSION))
         meta = dict(conn.execute(sa.select(meta_table.c.name, meta_table.c.value)).all())
     version = meta.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        raise LedgerError(f"ledger schema version {version!r}, this deid reads {', '.join(READABLE_VERSIONS)}")
     if version != SCHEMA_VERSION:
-        raise LedgerError(f"ledger schema version {version!r}, this deid reads {SCHEMA_VERSION!r}")
+        _migrate_1_to_2(engine)
     if "max_epsilon" in meta and "max_delta" in meta:
         return float(meta["max_epsilon"]), float(meta["max_delta"])
     return None
