@@ -9,6 +9,9 @@ import typer
 from deid.cli.common import load_manifest_or_exit, setup_logging
 
 MFN_HELP = "MobileFaceNet .tflite (default: $DEID_MOBILEFACENET, else the cache `make install` fills)"
+PUBLIC_HELP = ("public labelled images the anonymization-aware attacker anonymizes with each method to fit its maps "
+               "(never the user's data; default: $DEID_PUBLIC_REF; e.g. ../shared/data/lfw-public-ref)")
+PUBLIC_N_HELP = "how many images of --public-ref the aware attacker uses (a fixed draw)"
 SECOND_HELP = ("second detector for the detection rate: auto (dlib-cnn, or dlib-hog when the run used dlib-cnn), "
                "none, or any detector `deid plugins --kind detector` lists (with its default params)")
 
@@ -23,18 +26,24 @@ def evaluate_cmd(
     no_originals: bool = typer.Option(False, "--no-originals", help="leave original faces out of report.html (for sharing it)"),
     mobilefacenet: str = typer.Option(None, "--mobilefacenet", help=MFN_HELP),
     second_detector: str = typer.Option("auto", "--second-detector", help=SECOND_HELP),
-    second_detector_max: int = typer.Option(None, "--second-detector-max", help="run the second detector on about this many records per run (it is slow)"),
+    second_detector_max: int = typer.Option(200, "--second-detector-max", help="run the second detector on about this many records per run, a fixed sample by record id (it is slow); 0: every record"),
+    public_ref: str = typer.Option(None, "--public-ref", help=PUBLIC_HELP),
+    public_n: int = typer.Option(300, "--public-n", min=10, help=PUBLIC_N_HELP),
+    adaptive_on: str = typer.Option("independent", "--adaptive-on", help="recognizers the aware and reversal attacks run with: independent (not the one deid's checks use) or all"),
+    manifest: Path = typer.Option(None, "--manifest", help="the run's manifest: its detector and latent model for the aware attacker (needed for latent methods)"),
 ) -> None:
     """Measure re-identification risk and utility of a finished run; write metrics.json and report.html."""
     from deid.evaluate import EvaluateError, evaluate_run
     from deid.evaluate.models import ModelMissing
 
     setup_logging()
+    m = load_manifest_or_exit(manifest) if manifest is not None else None
     try:
         metrics, uris = evaluate_run(audit, subjects, out, run_ids=run_id or None, all_runs=all_runs,
                                      include_quarantined=include_quarantined, originals=not no_originals,
                                      mobilefacenet=mobilefacenet, second_detector=second_detector,
-                                     second_detector_max=second_detector_max)
+                                     second_detector_max=second_detector_max or None, public_ref=public_ref,
+                                     public_n=public_n, manifest=m, adaptive_on=adaptive_on)
     except (EvaluateError, ModelMissing, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -50,7 +59,9 @@ def sweep_cmd(
     no_originals: bool = typer.Option(False, "--no-originals", help="leave original faces out of report.html"),
     mobilefacenet: str = typer.Option(None, "--mobilefacenet", help=MFN_HELP),
     second_detector: str = typer.Option("auto", "--second-detector", help=SECOND_HELP),
-    second_detector_max: int = typer.Option(None, "--second-detector-max", help="run the second detector on about this many records per run"),
+    second_detector_max: int = typer.Option(200, "--second-detector-max", help="run the second detector on about this many records per run (a fixed sample by record id); 0: every record"),
+    public_ref: str = typer.Option(None, "--public-ref", help=PUBLIC_HELP),
+    public_n: int = typer.Option(300, "--public-n", min=10, help=PUBLIC_N_HELP),
 ) -> None:
     """Run a grid of method strengths on the same inputs and plot privacy-utility curves."""
     from deid.evaluate import EvaluateError
@@ -64,7 +75,8 @@ def sweep_cmd(
     try:
         metrics, uris = sweep(m, param, out, subjects=subjects, engine="local" if inline else None,
                               originals=not no_originals, mobilefacenet=mobilefacenet, second_detector=second_detector,
-                              second_detector_max=second_detector_max, echo=typer.echo)
+                              second_detector_max=second_detector_max or None, echo=typer.echo, public_ref=public_ref,
+                              public_n=public_n)
     except (SweepError, EvaluateError, ModelMissing, ListingError, RunError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

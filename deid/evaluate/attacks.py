@@ -16,8 +16,15 @@ masked out entirely, score chance, not 100%).
 * T2: gallery = anonymized photos with their labels, probe = original photos;
 * T3: gallery = anonymized photos with labels, probe = other anonymized photos (the
   attacker learns to recognise people *as anonymized*);
+* same-source: gallery = every original, the probe's own source photo included (NullFace,
+  FAMS): can the release be traced back to the photo it came from?
 * T1-classifier: logistic regression trained on embeddings of original photos, evaluated
-  on anonymized photos of other sources (k-fold over photos).
+  on anonymized photos of other sources (k-fold over photos);
+* aware: the anonymization-aware attacker (Hanisch et al. 2023): maps fitted on a PUBLIC set
+  anonymized with the same method and params (:mod:`deid.evaluate.aware`) carry each
+  anonymized embedding back toward its original; then T1 and same-source through each map;
+* reversal: blur deconvolved and pixelation upsampled with the operator the audit's params
+  state (:mod:`deid.evaluate.reversal`), then T1 and same-source; ``gain_top1`` over T1.
 
 Each is a plug-in of kind ``attack`` (:mod:`deid.evaluate.registry`, where the callable's
 contract is): ``attack(orig, anon, subjects, sources) -> dict``. The no-anonymization
@@ -91,6 +98,11 @@ def t1(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.nda
     return identify(orig, subjects, anon, subjects, exclude=_same_source(sources))
 
 
+def same_source(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.ndarray) -> dict:
+    """Gallery: every original, the probe's own source photo included; probes: the anonymized photos."""
+    return identify(orig, subjects, anon, subjects)
+
+
 def t2(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.ndarray) -> dict:
     """Gallery: the anonymized photos with labels; probes: the originals."""
     return identify(anon, subjects, orig, subjects, exclude=_same_source(sources))
@@ -146,6 +158,62 @@ def classifier_t1(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, fold
             "folds": folds, "model": "StandardScaler + LogisticRegression (scikit-learn)"}
 
 
+def _pair(orig, mapped, subjects, sources) -> dict:
+    out = {"T1": t1(orig, mapped, subjects, sources), "same_source": same_source(orig, mapped, subjects, sources)}
+    for r in out.values():
+        r.pop("hits_top1", None)
+    return out
+
+
+def _best(variants: dict, extra: dict) -> dict:
+    """The headline of a multi-variant attack: its strongest variant's T1 (the attacker picks)."""
+    scored = {k: v for k, v in variants.items() if v["T1"]["top1"] is not None}
+    if not scored:
+        return {"top1": None, "top5": None, "n_probes": 0, "chance_top1": None, "chance_top5": None,
+                "best": None, "same_source_top1": None, **extra}
+    best = max(scored, key=lambda k: (scored[k]["T1"]["top1"], scored[k]["same_source"]["top1"] or 0.0))
+    t = scored[best]["T1"]
+    return {"top1": t["top1"], "top5": t["top5"], "n_probes": t["n_probes"], "chance_top1": t["chance_top1"],
+            "chance_top5": t["chance_top5"], "best": best,
+            "same_source_top1": max(v["same_source"]["top1"] for v in scored.values()), **extra}
+
+
+def not_applicable(why: str) -> dict:
+    return {"top1": None, "top5": None, "n_probes": 0, "chance_top1": None, "chance_top5": None, "applicable": False,
+            "why": why}
+
+
+def aware(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.ndarray, context=None) -> dict:
+    """Identify through maps fitted on a public set anonymized the same way (``context.aware()``)."""
+    from deid.evaluate.aware import Unavailable
+
+    if context is not None and context.skipped:
+        return not_applicable(context.skipped)
+    if context is None or context.aware is None:
+        return not_applicable("no evaluation context (the aware attacker needs the public reference set)")
+    try:
+        maps, report = context.aware()
+    except Unavailable as exc:
+        return not_applicable(str(exc))
+    variants = {name: _pair(orig, m.apply(anon), subjects, sources) for name, m in maps.items()}
+    return _best(variants, {"applicable": True, "maps": variants, "fit": report})
+
+
+def reversal(orig: np.ndarray, anon: np.ndarray, subjects: np.ndarray, sources: np.ndarray, context=None) -> dict:
+    """Identify the released faces after undoing the stated blur or pixelation (``context.reversed``)."""
+    if context is not None and context.skipped:
+        return not_applicable(context.skipped)
+    rev = getattr(context, "reversed", None) or {}
+    if not rev:
+        method = getattr(context, "method", None)
+        return not_applicable(f"no reversal for method {method}" if method else "no reversed outputs")
+    variants = {name: _pair(orig, e, subjects, sources) for name, e in rev.items()}
+    naive = t1(orig, anon, subjects, sources)["top1"]
+    out = _best(variants, {"applicable": True, "variants": variants, "naive_top1": naive})
+    out["gain_top1"] = None if out["top1"] is None or naive is None else out["top1"] - naive
+    return out
+
+
 # ---------------------------------------------------------------------------- plug-ins
 class ClassifierParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -158,6 +226,8 @@ _CODE = Licence(code="Apache-2.0 (deid)")
 for _name, _fn, _summary in (
     ("T1", t1, "nearest subject: gallery other original photos, probe anonymized photos (the attacker holds "
                "clear photos of the people)"),
+    ("same-source", same_source, "nearest subject: gallery every original photo, the probe's own source "
+                                 "included; probe anonymized photos (can a release be traced to its photo?)"),
     ("T2", t2, "nearest subject: gallery anonymized photos with labels, probe original photos"),
     ("T3", t3, "nearest subject: gallery anonymized photos with labels, probe other anonymized photos (the "
                "attacker learns people as anonymized)"),
@@ -171,5 +241,18 @@ ATTACKS.register(Plugin(
             "of held-out sources (k-fold over photos)",
     factory=lambda p: lambda orig, anon, subjects, sources: classifier_t1(orig, anon, subjects, folds=p.folds,
                                                                           seed=p.seed),
+    licence=_CODE, module=__name__,
+))
+
+ATTACKS.register(Plugin(
+    kind="attack", name="aware", params=NoParams, factory=lambda p: aware,
+    summary="anonymization-aware: ridge and MLP maps from anonymized to original embeddings, fitted on a public "
+            "set anonymized with the same method and params; then T1 and same-source through each map",
+    licence=_CODE, module=__name__,
+))
+ATTACKS.register(Plugin(
+    kind="attack", name="reversal", params=NoParams, factory=lambda p: reversal,
+    summary="blur deconvolved (Wiener, Richardson-Lucy) and pixelation upsampled with the audit's params, then T1 "
+            "and same-source; gain over the naive T1",
     licence=_CODE, module=__name__,
 ))

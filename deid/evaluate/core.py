@@ -17,6 +17,10 @@ Contract:
   a face once, on the original, and that geometry is reused for every output of it;
 * detectors are built with :func:`deid.faces.make_detector` (``utility.DETECTOR_PARAMS``);
 * original embeddings are computed once per evaluator and reused across groups and calls;
+* attacks that take a ``context`` (registry.AttackContext) get the outputs reversed by
+  :mod:`deid.evaluate.reversal` (blur, pixelate) and the aware attacker's maps
+  (:mod:`deid.evaluate.aware`: fitted on the public reference set, cached on disk);
+* ``audit_uri`` may name the audit folder or its ``records/`` folder;
 * nothing secret at rest: metrics.json holds rates, counts and distances only, never
   embeddings, subject names or paths of records.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import posixpath
 import time
 from collections import Counter
@@ -36,14 +41,16 @@ import fsspec
 import numpy as np
 
 from deid import __version__
-from deid.evaluate import attacks, utility
+from deid.evaluate import attacks, aware, reversal, utility
 from deid.evaluate.recognizers import FaceGeometry, Landmarker, arcface_crop
-from deid.evaluate.registry import ATTACKS, RECOGNIZERS, evaluation_order, make_attack, make_recognizer, metrics_key
+from deid.evaluate.registry import (ATTACKS, RECOGNIZERS, AttackContext, evaluation_order, make_attack,
+                                    make_recognizer, metrics_key, takes_context)
 from deid.faces import DETECTORS, make_detector
 
 log = logging.getLogger("deid.evaluate")
 
 SCHEMA_ID = "deid-evaluate-metrics/1"
+ADAPTIVE_ON = ("independent", "all")
 THUMB = 96          # contact-sheet thumbnails (pixels)
 HIST_EDGES = np.round(np.linspace(0.0, 2.0, 21), 3)
 
@@ -82,6 +89,7 @@ class Measured:
     det_configured: list
     det_second: list | None
     det_second_orig: list | None
+    rev: dict = field(default_factory=dict)   # reversal variant -> recognizer name -> vector
 
 
 @dataclass
@@ -153,12 +161,20 @@ class Evaluator:
 
     ``recognizers``: params by recognizer name (``None``: every registered recognizer with its
     defaults; ``mobilefacenet`` is a shortcut for ``mobilefacenet``'s ``path``); ``attack_params``:
-    params by attack name (every registered attack runs; those not named use their defaults).
+    params by attack name (every registered attack runs; those not named use their defaults);
+    ``public_ref``: the aware attacker's public image folder (``None``: ``$DEID_PUBLIC_REF``; unset:
+    that attack reports why it did not run), ``public_n`` images of it; ``manifest``: the run's
+    manifest (a :class:`deid.config.Manifest` or dict), for the detector and the latent model
+    the aware attacker rebuilds the method with (without it: the audit's detector, and latent
+    methods are not rebuilt); ``adaptive_on``: ``independent`` (default: the aware and reversal
+    attacks run with the recognizers deid's checks do not use) or ``all``.
     """
 
     def __init__(self, mobilefacenet: str | None = None, second_detector: str | None = "auto",
                  second_detector_max: int | None = None, storage_options: dict | None = None,
-                 recognizers: Mapping[str, Any] | None = None, attack_params: Mapping[str, Any] | None = None):
+                 recognizers: Mapping[str, Any] | None = None, attack_params: Mapping[str, Any] | None = None,
+                 public_ref: str | None = None, public_n: int = aware.DEFAULT_N, manifest: Any = None,
+                 progress: bool | None = None, adaptive_on: str = "independent"):
         self.landmarker = Landmarker()
         chosen = {p.name: None for p in RECOGNIZERS} if recognizers is None else dict(recognizers)
         if mobilefacenet is not None and "mobilefacenet" in chosen:
@@ -169,11 +185,28 @@ class Evaluator:
             raise ValueError(f"unknown attack(s) {', '.join(unknown)} (known: {', '.join(ATTACKS.names())})")
         self.attacks = [(metrics_key(p.name), make_attack(p.name, (attack_params or {}).get(p.name)))
                         for p in evaluation_order(ATTACKS)]
+        if adaptive_on not in ADAPTIVE_ON:
+            raise ValueError(f"adaptive_on: {adaptive_on!r} is not one of {', '.join(ADAPTIVE_ON)}")
+        # the adaptive attacks (aware, reversal) embed many more faces: by default only with the
+        # independent attacker(s), not with the network deid's own checks use
+        self.adaptive = [r for r in self.recognizers if adaptive_on == "all" or not _checks(r)] or self.recognizers
         self.second_detector = second_detector
         self.second_detector_max = second_detector_max
         self.storage_options = storage_options or {}
         self._originals: dict[tuple, Original | None] = {}
         self._detectors: dict[str, object] = {}
+        self.public_ref = public_ref or os.environ.get(aware.ENV) or None
+        self.public_n = public_n
+        if manifest is not None and not hasattr(manifest, "detect"):
+            from deid.config import Manifest
+
+            manifest = Manifest.model_validate(manifest)
+        self.manifest = manifest
+        self.progress = progress
+        self._public = None            # PublicSet and its measured originals (lazy)
+        self._pubset = None            # PublicSet, or the Unavailable that says why there is none
+        self._aware: dict[tuple, Any] = {}
+        self._configured = "dlib-hog"
 
     # ------------------------------------------------------------------ pieces
     def detector(self, name: str):
@@ -201,6 +234,113 @@ class Evaluator:
             return self._last_rgb[1]
         return _read(uri, self.storage_options)
 
+    def _no_bar(self) -> bool | None:
+        return None if self.progress is None else not self.progress   # None: a bar on a terminal only
+
+    # ------------------------------------------------------------------ aware attacker
+    def public_set(self) -> "aware.PublicSet":
+        """The public reference set (listed once); raises ``Unavailable`` when none is given or readable."""
+        if self._pubset is None:
+            try:
+                if not self.public_ref:
+                    raise aware.Unavailable(f"no public reference set (--public-ref, or ${aware.ENV})")
+                self._pubset = aware.PublicSet(self.public_ref, self.public_n)
+            except aware.Unavailable as exc:
+                self._pubset = exc
+        if isinstance(self._pubset, aware.Unavailable):
+            raise self._pubset
+        return self._pubset
+
+    def _public_originals(self):
+        """The public set and, per image, its faces, the largest face's geometry and embeddings."""
+        if self._public is None:
+            from tqdm import tqdm
+
+            pub = self.public_set()
+            det = self._run_detector()
+            items = []
+            for path, _ in tqdm(pub.items, desc="aware attacker: public originals", unit="image",
+                                disable=self._no_bar(), leave=False):
+                try:
+                    rgb = pub.read(path)
+                    faces = det.detect(rgb)
+                    if not faces:
+                        continue
+                    geom = self.landmarker.geometry(rgb, max(faces, key=lambda f: f.width * f.height).box)
+                    located = {r.name: r.locate(rgb, [geom]) for r in self.adaptive}
+                    emb = {r.name: r.embed(rgb, located[r.name])[0] for r in self.adaptive}
+                except Exception as exc:  # noqa: BLE001 - one bad public image never stops the evaluation
+                    log.warning("%s: public image skipped (%s)", path, exc)
+                    continue
+                items.append((path, rgb, faces, located, emb))
+            self._public = (pub, items)
+        return self._public
+
+    def _run_detector(self):
+        if self.manifest is not None:
+            return make_detector(self.manifest.detect)
+        return self.detector(self._configured)
+
+    def aware_maps(self, method: str, params: dict) -> dict:
+        """recognizer name -> (maps, fit report) for ``method`` with ``params`` (cached in memory and
+        on disk); raises :class:`deid.evaluate.aware.Unavailable` with the reason."""
+        key = (method, json.dumps(params, sort_keys=True))
+        if key in self._aware:
+            got = self._aware[key]
+            if isinstance(got, aware.Unavailable):
+                raise got
+            return got
+        try:
+            self._aware[key] = self._fit_aware(method, params)
+        except aware.Unavailable as exc:
+            self._aware[key] = exc
+            raise
+        return self._aware[key]
+
+    def _fit_aware(self, method: str, params: dict) -> dict:
+        from deid.anonymize.registry import make_anonymizer, needs_latent
+
+        latent = None
+        if needs_latent(method):
+            if self.manifest is None or self.manifest.latent is None:
+                raise aware.Unavailable(f"method {method} needs its latent model: give the run's manifest (--manifest)")
+            latent = self.manifest.latent
+        pub = self.public_set()
+        det_section = (self.manifest.detect.model_dump(mode="json") if self.manifest is not None
+                       else {"backend": self._configured})
+        latent_json = latent.model_dump(mode="json") if hasattr(latent, "model_dump") else latent
+        paths = {r.name: aware.cache_dir() / (aware.cache_key(method, params, latent_json, det_section, r.fingerprint,
+                                                              pub.fingerprint) + ".npz") for r in self.adaptive}
+        cached = {n: aware._load(p) for n, p in paths.items() if p.is_file()}
+        if all(cached.get(n) is not None for n in paths):
+            return cached
+        from tqdm import tqdm
+
+        _, items = self._public_originals()
+        anonymizer = make_anonymizer(method, params, latent)
+        keyed = getattr(anonymizer, "wants_subject_keys", False)
+        rng = np.random.default_rng(0)
+        o = {r.name: [] for r in self.adaptive}
+        a = {r.name: [] for r in self.adaptive}
+        for path, rgb, faces, located, emb in tqdm(items, desc=f"aware attacker: {method} on the public set",
+                                                   unit="image", disable=self._no_bar(), leave=False):
+            try:
+                kw = {"keys": [posixpath.basename(path)] * len(faces)} if keyed else {}
+                out, _ = anonymizer(rgb, faces, rng, **kw)
+                got = {r.name: r.embed(out, located[r.name])[0] for r in self.adaptive}
+            except Exception as exc:  # noqa: BLE001
+                log.warning("%s: public image skipped by the aware attacker (%s)", path, exc)
+                continue
+            for r in self.adaptive:
+                a[r.name].append(got[r.name])
+                o[r.name].append(emb[r.name])
+        out = {}
+        for r in self.adaptive:
+            maps, report = aware.fit_maps(np.array(a[r.name]), np.array(o[r.name]))
+            aware._save(paths[r.name], maps, report)
+            out[r.name] = (maps, report)
+        return out
+
     # ------------------------------------------------------------------ main
     def evaluate(self, audit_uri: str, subjects_uri: str, run_ids: list[str] | None = None, all_runs: bool = False,
                  include_quarantined: bool = False, detector: str | None = None,
@@ -210,6 +350,8 @@ class Evaluator:
         from deid.io.listing import ListingError, load_subjects
 
         t0 = time.perf_counter()
+        if posixpath.basename(audit_uri.rstrip("/")) == "records":
+            audit_uri = posixpath.dirname(audit_uri.rstrip("/"))   # the summary prints the records folder
         try:
             table = read_audit(audit_uri, storage_options=audit_storage_options)
         except (FileNotFoundError, OSError) as exc:
@@ -231,14 +373,18 @@ class Evaluator:
         skipped: Counter = Counter()
         errors: Counter = Counter()
         groups: dict[tuple, Group] = {}
-        configured = detector or _configured_detector(rows)
+        configured = detector or _configured_detector(rows, self.manifest)
+        self._configured = configured
         second = utility.second_detector_for(configured) if self.second_detector == "auto" else self.second_detector
         for name in (configured, second):
             if name and name != "none" and name not in DETECTORS:
                 raise EvaluateError(f"unknown detector {name!r} (known: {', '.join(DETECTORS.names())}, or none)")
         per_run = Counter(r["run_id"] for r in rows if r["status"] in statuses)
 
-        for r in sorted(rows, key=lambda r: (r["run_id"], r["input_uri"] or "")):
+        from tqdm import tqdm
+
+        todo = sorted(rows, key=lambda r: (r["run_id"], r["input_uri"] or ""))
+        for r in tqdm(todo, desc="evaluate", unit="record", disable=self._no_bar(), leave=False):
             if r["status"] not in statuses or not r["output_uri"]:
                 skipped["not_" + "_or_".join(statuses)] += 1
                 continue
@@ -282,7 +428,11 @@ class Evaluator:
                     if orig.second_found is None:
                         orig.second_found = utility.matched([f.box for f in self.detector(second).detect(orig_rgb)], orig.boxes)
                     det2o = orig.second_found
+            rev = {}
+            for variant, img in reversal.reverse(r["method"], params, out, r["faces"] or []).items():
+                rev[variant] = {rec.name: rec.embed(img, orig.located[rec.name])[0] for rec in self.adaptive}
             g.records.append(Measured(
+                rev=rev,
                 record_id=r["record_id"], source=r["input_uri"], subject=subject, emb=emb, dist=dist,
                 hog=utility.hog_features(arcface_crop(out, orig.geom)), thumb=_thumb(out, orig.geom),
                 orig=orig, image=utility.image_metrics(orig_rgb, out, outside_of=orig.boxes),
@@ -307,14 +457,24 @@ class Evaluator:
             "selection": {"statuses": list(statuses), "records_in_runs": len(rows),
                           "evaluated": sum(len(g.records) for g in glist),
                           "skipped": dict(sorted(skipped.items())), "errors": dict(sorted(errors.items()))},
+            "adaptive": None,
             "reference": self._reference(glist),
             "groups": [self._group_metrics(g) for g in glist],
             "wall_seconds": None,
         }
+        metrics["adaptive"] = self._adaptive_summary()   # after the groups: they load the public set
         metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
         return metrics, glist, {}
 
     # ------------------------------------------------------------------ metrics
+    def _adaptive_summary(self) -> dict:
+        """How the adaptive attacks ran: recognizers, and the public set (its fingerprint, no images)."""
+        pub = self._pubset if isinstance(self._pubset, aware.PublicSet) else None
+        return {"recognizers": [r.name for r in self.adaptive], "public_ref": self.public_ref,
+                "public_n": self.public_n, "public_images": len(pub) if pub is not None else 0,
+                "public_fingerprint": pub.fingerprint if pub is not None else None,
+                "reversal_variants": {m: reversal.variants(m) for m in reversal.REVERSALS}}
+
     def _reference(self, groups: list[Group]) -> dict:
         """No anonymization: every evaluated original against the other originals."""
         seen: dict[str, Measured] = {}
@@ -341,7 +501,16 @@ class Evaluator:
             o = np.array([x.emb[rec.name] for x in origs])
             a = np.array([m.emb[rec.name] for m in g.records])
             d = np.array([m.dist[rec.name] for m in g.records])
-            tm = {key: attack(o, a, subjects, sources) for key, attack in self.attacks}
+            adaptive = rec in self.adaptive
+            ctx = AttackContext(
+                method=g.method, params=g.params, recognizer=rec.name,
+                reversed={v: np.array([m.rev[v][rec.name] for m in g.records])
+                          for v in reversal.variants(g.method) if all(v in m.rev for m in g.records)} if adaptive else {},
+                aware=(lambda g=g, rec=rec: self.aware_maps(g.method, g.params)[rec.name]) if adaptive else None,
+                skipped=None if adaptive else "the adaptive attacks run with the independent recognizer(s) only "
+                                              "(adaptive_on: all for every one)")
+            tm = {key: attack(o, a, subjects, sources, context=ctx) if takes_context(attack)
+                  else attack(o, a, subjects, sources) for key, attack in self.attacks}
             hits = {key: res.pop("hits_top1", None) for key, res in tm.items()}  # counted, never written
             per_subject = Counter(subjects[hits["T1"]])
             privacy[rec.name] = {
@@ -410,10 +579,17 @@ def _code(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def _configured_detector(rows: list[dict]) -> str:
+def _configured_detector(rows: list[dict], manifest=None) -> str:
+    """The run's detector: the manifest's backend when given, else read off the audit's model
+    fingerprints (which also list the gate's files, so the detector families come first)."""
+    backend = getattr(manifest.detect, "backend", None) if manifest is not None else None
+    if backend in DETECTORS.names():
+        return backend
     names = {fp["name"] for r in rows[:1] for fp in (r["model_fingerprints"] or [])}
-    if "dlib-mmod" in names:
-        return "dlib-cnn"
+    for prefix, backend in (("centerface", "centerface"), ("scrfd", "scrfd"), ("mtcnn-", "mtcnn"),
+                            ("dlib-mmod", "dlib-cnn")):
+        if any(n.startswith(prefix) for n in names):
+            return backend
     return "dlib-hog"  # insightface runs are re-detected with dlib HOG (the pack is not in the audit)
 
 

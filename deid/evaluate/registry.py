@@ -17,7 +17,11 @@ embedding arrays ``orig`` and ``anon`` is the same source photo (``sources[i]``)
 (``None`` where nothing was counted) and may hold ``hits_top1``, a boolean array over the
 probes that is used for counts and never written. It is written under
 ``groups[].privacy[<recognizer>].attacks[<key>]``, ``key`` = :func:`metrics_key` of the
-plug-in's name.
+plug-in's name. A callable that takes a ``context`` keyword gets an :class:`AttackContext`:
+the group's method and params, the recognizer's name, ``reversed`` (variant -> embeddings of
+the outputs after :mod:`deid.evaluate.reversal`, rows as ``anon``; empty when none applies) and
+``aware()`` (the fitted maps of :mod:`deid.evaluate.aware` and their fit report, or it raises
+:class:`deid.evaluate.aware.Unavailable` with the reason).
 
 Every registered recognizer and attack runs, in :func:`evaluation_order`. This module imports
 nothing heavy: building a plug-in (:func:`make_recognizer`, :func:`make_attack`) loads models.
@@ -25,6 +29,7 @@ nothing heavy: building a plug-in (:func:`make_recognizer`, :func:`make_attack`)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
@@ -35,7 +40,7 @@ RECOGNIZERS = Registry("recognizer", "deid.evaluate")
 ATTACKS = Registry("attack", "deid.evaluate")
 
 #: where the built-in attacks stand in ``metrics.json``; any other attack follows them, by name
-ATTACK_ORDER = ("T1", "T2", "T3", "T1-classifier")
+ATTACK_ORDER = ("T1", "same-source", "T2", "T3", "T1-classifier", "aware", "reversal")
 
 Attack = Callable[..., dict]
 
@@ -44,6 +49,25 @@ class NoParams(BaseModel):
     """The params model of a plug-in that takes none."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class AttackContext:
+    method: str
+    params: dict
+    recognizer: str
+    reversed: dict = field(default_factory=dict)
+    aware: Callable[[], tuple] | None = None
+    skipped: str | None = None     # why the adaptive attacks do not run with this recognizer
+
+
+def takes_context(attack: Attack) -> bool:
+    import inspect
+
+    try:
+        return "context" in inspect.signature(attack).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def metrics_key(name: str) -> str:

@@ -39,6 +39,15 @@ def _png_array(arr: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _adaptive(a: dict, extra: str) -> str:
+    """An adaptive attack's cell: its top-1 and, in brackets, ``extra``; the reason when it did not run."""
+    if a.get("applicable") is False:
+        return f"<span title='{html.escape(a.get('why', ''), quote=True)}'>n/a</span>"
+    x = a.get(extra)
+    sign = "+" if extra.startswith("gain") and x is not None and x >= 0 else ""
+    return f"{_fmt(a['top1'], True)} ({sign}{_fmt(x, True)})"
+
+
 def _fmt(v, pct=False, nd=3) -> str:
     if v is None:
         return "–"
@@ -164,16 +173,23 @@ Originals {'shown' if originals else 'left out of this report'}.</p>""")
     parts.append("<h2>Privacy</h2><p class='note'>Re-identification rates (top-1 / top-5) of nearest-neighbour "
                  "identification; T1: gallery of other original photos, probe anonymized; T2: gallery anonymized, probe "
                  "originals; T3: anonymized against other anonymized; LR: logistic regression trained on originals (T1). "
-                 "De-id rate: share of faces whose distance to their original is at or above the recognizer's "
+                 "Same-source: T1 with the probe's own original in the gallery (can a release be traced to its photo?). "
+                 "Aware: T1 through a map from anonymized to original embeddings fitted on a public set anonymized the "
+                 "same way (same-source through it in brackets). Reversal: T1 after deconvolving the blur or "
+                 "upsampling the pixelation the audit states (its gain over T1 in brackets). The adaptive attacks "
+                 f"(aware, reversal) run with {e(', '.join(metrics['adaptive']['recognizers']))}"
+                 + (f"; public set: {metrics['adaptive']['public_images']} images" if metrics['adaptive']['public_images']
+                    else "; no public reference set was given (--public-ref), so the aware attacker did not run")
+                 + ". De-id rate: share of faces whose distance to their original is at or above the recognizer's "
                  "same-person threshold. See docs/evaluation.md.</p>")
     parts.append("<table><tr><th class='l'>group</th><th>n</th><th class='l'>recognizer</th><th>identity distance mean (median)</th>"
-                 "<th>de-id rate</th><th>T1 top-1</th><th>T1 top-5</th><th>T1 LR top-1</th><th>T2 top-1</th><th>T3 top-1</th>"
-                 "<th>chance top-1</th></tr>")
+                 "<th>de-id rate</th><th>T1 top-1</th><th>T1 top-5</th><th>same-source top-1</th><th>T1 LR top-1</th>"
+                 "<th>T2 top-1</th><th>T3 top-1</th><th>aware top-1</th><th>reversal top-1</th><th>chance top-1</th></tr>")
     for r in recs:
         x = ref["recognizers"][r["name"]]
         parts.append(f"<tr><td class='l'><i>no anonymization</i></td><td>{ref['n_records']}</td><td class='l'>{e(r['name'])}</td>"
-                     f"<td>0</td><td>–</td><td>{_fmt(x['top1'], True)}</td><td>{_fmt(x['top5'], True)}</td><td>–</td><td>–</td><td>–</td>"
-                     f"<td>{_fmt(x['chance_top1'], True)}</td></tr>")
+                     f"<td>0</td><td>–</td><td>{_fmt(x['top1'], True)}</td><td>{_fmt(x['top5'], True)}</td><td>–</td><td>–</td>"
+                     f"<td>–</td><td>–</td><td>–</td><td>–</td><td>{_fmt(x['chance_top1'], True)}</td></tr>")
     for g in metrics["groups"]:
         for r in recs:
             p = g["privacy"][r["name"]]
@@ -182,8 +198,10 @@ Originals {'shown' if originals else 'left out of this report'}.</p>""")
                 f"<tr><td class='l'>{e(g['label'])}</td><td>{g['n_records']}</td><td class='l'>{e(r['name'])}</td>"
                 f"<td>{_fmt(p['identity_distance']['mean'])} ({_fmt(p['identity_distance']['median'])})</td>"
                 f"<td>{_fmt(p['deid_rate'], True)}</td><td>{_fmt(a['T1']['top1'], True)}</td><td>{_fmt(a['T1']['top5'], True)}</td>"
+                f"<td>{_fmt(a['same_source']['top1'], True)}</td>"
                 f"<td>{_fmt(a['T1_classifier']['top1'], True)}</td><td>{_fmt(a['T2']['top1'], True)}</td>"
-                f"<td>{_fmt(a['T3']['top1'], True)}</td><td>{_fmt(a['T1']['chance_top1'], True)}</td></tr>")
+                f"<td>{_fmt(a['T3']['top1'], True)}</td><td>{_adaptive(a['aware'], 'same_source_top1')}</td>"
+                f"<td>{_adaptive(a['reversal'], 'gain_top1')}</td><td>{_fmt(a['T1']['chance_top1'], True)}</td></tr>")
     parts.append("</table>")
 
     # utility table

@@ -28,9 +28,15 @@ def write_outputs(out_dir: str, metrics: dict, groups, originals: bool = True, s
 def evaluate_run(audit_uri: str, subjects_uri: str, out_dir: str, *, run_ids: list[str] | None = None,
                  all_runs: bool = False, include_quarantined: bool = False, originals: bool = True,
                  mobilefacenet: str | None = None, detector: str | None = None, second_detector: str = "auto",
-                 second_detector_max: int | None = None, evaluator: Evaluator | None = None) -> tuple[dict, dict]:
+                 second_detector_max: int | None = None, evaluator: Evaluator | None = None,
+                 public_ref: str | None = None, public_n: int | None = None, manifest=None,
+                 progress: bool | None = None, adaptive_on: str = "independent") -> tuple[dict, dict]:
+    from deid.evaluate.aware import DEFAULT_N
+
     ev = evaluator or Evaluator(mobilefacenet=mobilefacenet, second_detector=second_detector,
-                                second_detector_max=second_detector_max)
+                                second_detector_max=second_detector_max, public_ref=public_ref,
+                                public_n=public_n or DEFAULT_N, manifest=manifest, progress=progress,
+                                adaptive_on=adaptive_on)
     metrics, groups, _ = ev.evaluate(audit_uri, subjects_uri, run_ids=run_ids, all_runs=all_runs,
                                      include_quarantined=include_quarantined, detector=detector)
     return metrics, write_outputs(out_dir, metrics, groups, originals=originals)

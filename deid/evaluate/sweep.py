@@ -81,7 +81,8 @@ def grid(base: Manifest, axes: list[Axis]) -> list[tuple[str, dict]]:
 
 def sweep(base: Manifest, params: list[str], out_dir: str, *, subjects: str | None = None, engine: str | None = None,
           originals: bool = True, mobilefacenet: str | None = None, second_detector: str = "auto",
-          second_detector_max: int | None = None, progress: bool = False, echo=print) -> tuple[dict, dict]:
+          second_detector_max: int | None = None, progress: bool = False, echo=print, public_ref: str | None = None,
+          public_n: int | None = None, recognizers: list[str] | None = None) -> tuple[dict, dict]:
     from deid.config import ManifestError, manifest_from_dict
     from deid.evaluate.core import Evaluator
     from deid.evaluate.run import write_outputs
@@ -110,7 +111,12 @@ def sweep(base: Manifest, params: list[str], out_dir: str, *, subjects: str | No
         res = run_job(m, engine=engine, progress=progress)
         run_ids.append(res.run_id)
         echo(f"  {slug}: run {res.run_id}, " + ", ".join(f"{k} {v}" for k, v in res.summary["counts"].items() if v))
-    ev = Evaluator(mobilefacenet=mobilefacenet, second_detector=second_detector, second_detector_max=second_detector_max)
+    from deid.evaluate.aware import DEFAULT_N
+
+    # the base manifest gives the aware attacker the detector and the latent model of every point
+    ev = Evaluator(mobilefacenet=mobilefacenet, second_detector=second_detector, second_detector_max=second_detector_max,
+                   public_ref=public_ref, public_n=public_n or DEFAULT_N, manifest=base, progress=progress,
+                   recognizers={r: None for r in recognizers} if recognizers else None)
     metrics, groups, _ = ev.evaluate(audit, subjects, run_ids=run_ids, include_quarantined=True)
     metrics["sweep"] = {"params": list(params), "points": [s for s, _ in built]}
     uris = write_outputs(out, metrics, groups, originals=originals)
@@ -125,14 +131,27 @@ def sweep(base: Manifest, params: list[str], out_dir: str, *, subjects: str | No
 def summary_lines(metrics: dict) -> list[str]:
     """One line per group: the numbers a user picks an operating point from."""
     recs = [r["name"] for r in metrics["recognizers"]]
+    strong = metrics["adaptive"]["recognizers"][0]
     lines = [f"{'group':<34} {'n':>4} " + " ".join(f"{'T1@1 ' + r[:6]:>12}" for r in recs)
-             + f" {'detected':>9} {'SSIM face':>9}"]
+             + f" {'strongest@1 ' + strong[:6]:>26} {'chance':>7} {'detected':>9} {'SSIM face':>9}"]
     for g in metrics["groups"]:
         t1 = [g["privacy"][r]["attacks"]["T1"]["top1"] for r in recs]
+        name, top = strongest(g["privacy"][strong]["attacks"])
         u = g["utility"]
         lines.append(f"{g['label'][:34]:<34} {g['n_records']:>4} " + " ".join(f"{_p(x):>12}" for x in t1)
+                     + f" {name + ' ' + _p(top):>26} {_p(g['privacy'][strong]['attacks']['T1']['chance_top1']):>7}"
                      + f" {_p(u['detection_rate']['configured']['rate']):>9} {_f(u['face']['ssim']):>9}")
     return lines
+
+
+def strongest(attacks: dict) -> tuple[str, float | None]:
+    """The attack with the highest top-1 (same-source excluded: it is read against the reference,
+    not chance alone) and its rate."""
+    rates = {k: v["top1"] for k, v in attacks.items() if k != "same_source" and v.get("top1") is not None}
+    if not rates:
+        return "-", None
+    k = max(rates, key=rates.get)
+    return k, rates[k]
 
 
 def _p(x) -> str:
