@@ -215,3 +215,16 @@ def _lists(x):
     elif isinstance(x, dict):
         for v in x.values():
             yield from _lists(v)
+
+
+def test_audit_dp_function_on_the_image_view(tmp_path):
+    """The function deid evaluate can call: a plain dict; the observer's view (posterior mean,
+    decoded, re-encoded) of noise 10x too small for the claim is caught too."""
+    from deid.evaluate import audit_dp
+
+    r = audit_dp(_manifest(tmp_path, 10.0), public=str(PUBLIC), trials=600, pairs=0, max_faces=6, view="image",
+                 claim_epsilon=1.0)
+    assert r["view"] == "image" and "post-processing" in r["bound_for"]
+    assert r["claim"]["source"].startswith("claim_epsilon") and r["method"]["post"] == "posterior-mean"
+    assert r["epsilon_lb"] > 1.0 and r["verdict"] == "VIOLATION"
+    json.dumps(r, allow_nan=False)

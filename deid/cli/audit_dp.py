@@ -20,7 +20,7 @@ def audit_dp_cmd(
     max_faces: int = typer.Option(150, "--max-faces", min=2, help="public photos to read (evenly spaced over the folder)"),
     corners: bool = typer.Option(True, "--corners/--no-corners", help="also test the out-of-bounds corner probe pair"),
     view: str = typer.Option("code", "--view", help="code: the noisy code (what the claim is about); image: decoded, re-encoded"),
-    claim_epsilon: float = typer.Option(None, "--claim-epsilon", min=0.0, help="audit this epsilon instead of the manifest's, with the manifest's noise"),
+    claim_epsilon: float = typer.Option(None, "--claim-epsilon", min=1e-9, help="audit this epsilon instead of the manifest's, with the manifest's noise"),
     out: Path = typer.Option(None, "--out", help="write the result as JSON (no latents, noise, images or names)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:

@@ -143,6 +143,8 @@ def audit_dp(manifest, *, public: str | None = None, trials: int = DEFAULT_TRIAL
 
     if view not in VIEWS:
         raise DpAuditError(f"view must be one of {VIEWS}, got {view!r}")
+    if claim_epsilon is not None and not (0.0 < float(claim_epsilon) < float("inf")):
+        raise DpAuditError(f"claim_epsilon must be a finite number > 0, got {claim_epsilon!r}")
     t0 = time.perf_counter()
     m = _manifest(manifest)
     method = _method(m)
