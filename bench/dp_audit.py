@@ -3,7 +3,7 @@ audit (deid.privacy.audit_dp) of the real dp-image mechanism at several epsilons
 deliberately broken mechanisms, with the CLI's defaults (5000 releases per face, 2 worst-case
 public pairs + the corner probe, alpha 0.05) on faces of ../shared/data/lfw-public-ref.
 
-    .venv/bin/python bench/dp_audit.py                      # ~4 min on one core
+    .venv/bin/python bench/dp_audit.py                      # ~5 min on one core (9 audits)
     .venv/bin/python bench/dp_audit.py --trials 20000 --only laplace-1,broken-noise
 
 Each row is one audit: the claim, the lower bound, and the wall time (sampling dominates:
