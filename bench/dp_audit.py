@@ -18,7 +18,12 @@ import time
 import numpy as np
 
 from deid.anonymize import make_anonymizer
-from deid.evaluate.dp_audit import DEFAULT_MAX_FACES, DEFAULT_PAIRS, DEFAULT_TRIALS, public_codes
+from deid.evaluate.dp_audit import (
+    DEFAULT_MAX_FACES,
+    DEFAULT_PAIRS,
+    DEFAULT_TRIALS,
+    public_codes,
+)
 from deid.privacy.audit_dp import Claim, audit_mechanism
 from deid.privacy.mechanisms import LatentMechanism, add_noise, clip
 
@@ -85,7 +90,7 @@ def main() -> None:
     print("| setting | claim | mechanism's noise | trials | selected pair | eps_lb | verdict | seconds |")
     print("|---|---|---|---:|---|---:|---|---:|")
     for n in names:
-        method, mech, claim, kw = todo[n]()
+        _, mech, claim, kw = todo[n]()
         r = audit_mechanism(mech, codes, pairs=a.pairs, trials=a.trials, claim=claim, **kw)
         c, p = r["claim"], r["pairs"][r["selected_pair"]]
         noise = f"{r['mechanism']['mechanism']} scale {r['mechanism']['noise_scale']:.4g}"

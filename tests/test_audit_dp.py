@@ -17,8 +17,14 @@ from typer.testing import CliRunner
 from deid.anonymize import make_anonymizer
 from deid.cli.app import app
 from deid.evaluate.dp_audit import public_codes
-from deid.privacy.audit_dp import (Claim, audit_mechanism, clopper_pearson_upper, corner_pair, epsilon_lower_bound,
-                                   worst_case_pairs)
+from deid.privacy.audit_dp import (
+    Claim,
+    audit_mechanism,
+    clopper_pearson_upper,
+    corner_pair,
+    epsilon_lower_bound,
+    worst_case_pairs,
+)
 from deid.privacy.mechanisms import LatentMechanism, add_noise, clip
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,8 +16,9 @@ import json
 import os
 import posixpath
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ def public_codes(method, folder: str, *, max_faces: int = DEFAULT_MAX_FACES, sto
     if len(codes) < 2:
         raise DpAuditError(f"--public {folder}: found a face in only {len(codes)} of {len(pick)} photos read; "
                            f"the audit needs at least 2 public faces")
-    info = {"uri": str(folder), "images_in_folder": len(rels), "images_read": int(len(pick)),
+    info = {"uri": str(folder), "images_in_folder": len(rels), "images_read": len(pick),
             "faces": len(codes), "undecodable": undecodable, "no_face": no_face,
             "detector": "dlib-hog upsample=1 landmarks=5, largest face", "photo_index": photo}
     return np.stack(codes), info

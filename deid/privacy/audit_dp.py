@@ -48,8 +48,8 @@ noise value, a seed or a name.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -68,7 +68,7 @@ class Claim:
     delta: float = 0.0
 
     @classmethod
-    def of(cls, calibrated) -> "Claim":
+    def of(cls, calibrated) -> Claim:
         return cls(calibrated.mechanism, float(calibrated.epsilon), float(calibrated.delta))
 
 
@@ -321,7 +321,7 @@ def audit_mechanism(mechanism, codes: np.ndarray | None = None, *, pairs: int = 
                         delta=claim.delta, alpha=alpha)
         results.append((p_id, p, r))
     # choose the pair on the training halves only; its test half gives the bound
-    sel_id, sel_p, sel_r = max(results, key=lambda x: (x[2]["train_score"], -x[0]))
+    sel_id, _, sel_r = max(results, key=lambda x: (x[2]["train_score"], -x[0]))
     eps_lb = sel_r["epsilon_lb"]
     pair_rows = []
     for p_id, p, r in results:
@@ -336,7 +336,7 @@ def audit_mechanism(mechanism, codes: np.ndarray | None = None, *, pairs: int = 
         "claim": {"mechanism": claim.mechanism, "epsilon": claim.epsilon, "delta": claim.delta},
         "mechanism": {"mechanism": c.mechanism, "epsilon": float(c.epsilon), "delta": float(c.delta),
                       "sensitivity": float(c.sensitivity), "noise_scale": float(c.noise_scale),
-                      "noised_dims": int(c.dim), "latent_dims": int(len(mechanism.lo)),
+                      "noised_dims": int(c.dim), "latent_dims": len(mechanism.lo),
                       "dp_scope": getattr(mechanism, "dp_scope", None), "sampler": sampler},
         "attack": f"likelihood-ratio test, {claim.mechanism} family with parameters fitted on the training half",
         "view": view,
@@ -363,9 +363,9 @@ def consistent(result: dict) -> bool:
 def format_table(result: dict) -> str:
     """A small plain-text table of an audit result (what ``deid audit-dp`` prints)."""
     c, m = result["claim"], result["mechanism"]
-    lines = [f"claim: {c['mechanism']}, epsilon {c['epsilon']:g}, delta {c['delta']:g} "
-             f"(noise scale {m['noise_scale']:.4g}, sensitivity {m['sensitivity']:.4g}, "
-             f"{m['noised_dims']} of {m['latent_dims']} dims noised)",
+    lines = [(f"claim: {c['mechanism']}, epsilon {c['epsilon']:g}, delta {c['delta']:g} "
+              f"(noise scale {m['noise_scale']:.4g}, sensitivity {m['sensitivity']:.4g}, "
+              f"{m['noised_dims']} of {m['latent_dims']} dims noised)"),
              f"bound for: {result['bound_for']}",
              f"{'pair':>4}  {'kind':<12}  {'faces':<11}  {'dist/sens':>9}  {'claim(pair)':>11}  {'train score':>11}"]
     for p in result["pairs"]:
