@@ -1,5 +1,5 @@
 """``deid`` command line: ``deid run MANIFEST``, ``deid validate MANIFEST`` and the sub-commands
-(``audit``, ``budget``, ``latent``, ``evaluate``, ``sweep``, ``plugins``) of the other ``deid.cli`` modules.
+(``audit``, ``audit-dp``, ``budget``, ``latent``, ``evaluate``, ``sweep``, ``plugins``) of the other ``deid.cli`` modules.
 
 Each command module imports only :mod:`deid.cli.common` of the CLI; only this module imports
 the command modules, to register them."""
@@ -14,6 +14,7 @@ import typer
 
 from deid import __version__
 from deid.cli.audit import audit_app
+from deid.cli.audit_dp import audit_dp_cmd
 from deid.cli.budget import app as budget_app
 from deid.cli.common import load_manifest_or_exit
 from deid.cli.evaluate import evaluate_cmd, sweep_cmd
@@ -27,6 +28,7 @@ app.add_typer(latent_app, name="latent")
 app.command("evaluate")(evaluate_cmd)
 app.command("sweep")(sweep_cmd)
 app.command("plugins")(plugins_cmd)
+app.command("audit-dp")(audit_dp_cmd)
 
 
 @app.command()
