@@ -117,3 +117,21 @@ def test_the_aware_attacker_says_why_it_cannot_run(tmp_path, monkeypatch):
         ev.aware_maps("dp-image", {"epsilon": 10})
     with pytest.raises(aware.Unavailable, match="no images"):
         Evaluator(recognizers={"mobilefacenet": None}, public_ref=str(tmp_path), progress=False).aware_maps("blur", {})
+
+
+def test_a_dp_image_group_without_the_manifest_says_why_it_was_not_audited():
+    from deid.evaluate.core import Group
+
+    ev = Evaluator(recognizers={"mobilefacenet": None}, progress=False)
+    g = Group(key=("r", "dp-image", "{}"), run_id="r", method="dp-image", params={"epsilon": 1.0})
+    assert "--manifest" in ev._dp_audit(g)["why"]
+    assert ev._dp_audit(Group(key=("r", "blur", "{}"), run_id="r", method="blur", params={})) is None
+    assert Evaluator(recognizers={"mobilefacenet": None}, dp_audit=False)._dp_audit(g) is None
+
+
+def test_the_second_detector_is_of_another_family():
+    from deid.evaluate.utility import second_detector_for
+
+    assert second_detector_for("centerface") == "face-mesh"   # the default detector's run
+    assert second_detector_for("face-mesh") == "centerface"
+    assert second_detector_for("dlib-hog") == "dlib-cnn" and second_detector_for("dlib-cnn") == "dlib-hog"

@@ -12,7 +12,8 @@ MFN_HELP = "MobileFaceNet .tflite (default: $DEID_MOBILEFACENET, else the cache 
 PUBLIC_HELP = ("public labelled images the anonymization-aware attacker anonymizes with each method to fit its maps "
                "(never the user's data; default: $DEID_PUBLIC_REF; e.g. ../shared/data/lfw-public-ref)")
 PUBLIC_N_HELP = "how many images of --public-ref the aware attacker uses (a fixed draw)"
-SECOND_HELP = ("second detector for the detection rate: auto (dlib-cnn, or dlib-hog when the run used dlib-cnn), "
+SECOND_HELP = ("second detector for the detection rate: auto (another family: face-mesh for CenterFace and most runs, "
+               "centerface for mediapipe runs, dlib-cnn for dlib-hog, dlib-hog for dlib-cnn), "
                "none, or any detector `deid plugins --kind detector` lists (with its default params)")
 
 
@@ -29,6 +30,7 @@ def evaluate_cmd(
     second_detector_max: int = typer.Option(200, "--second-detector-max", help="run the second detector on about this many records per run, a fixed sample by record id (it is slow); 0: every record"),
     public_ref: str = typer.Option(None, "--public-ref", help=PUBLIC_HELP),
     public_n: int = typer.Option(300, "--public-n", min=10, help=PUBLIC_N_HELP),
+    no_dp_audit: bool = typer.Option(False, "--no-dp-audit", help="skip the empirical epsilon audit of dp-image groups (~40 s each; needs --manifest)"),
     adaptive_on: str = typer.Option("independent", "--adaptive-on", help="recognizers the aware and reversal attacks run with: independent (not the one deid's checks use) or all"),
     manifest: Path = typer.Option(None, "--manifest", help="the run's manifest: its detector and latent model for the aware attacker (needed for latent methods)"),
 ) -> None:
@@ -43,7 +45,8 @@ def evaluate_cmd(
                                      include_quarantined=include_quarantined, originals=not no_originals,
                                      mobilefacenet=mobilefacenet, second_detector=second_detector,
                                      second_detector_max=second_detector_max or None, public_ref=public_ref,
-                                     public_n=public_n, manifest=m, adaptive_on=adaptive_on)
+                                     public_n=public_n, manifest=m, adaptive_on=adaptive_on,
+                                     dp_audit=not no_dp_audit)
     except (EvaluateError, ModelMissing, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -94,5 +97,12 @@ def _print(metrics: dict, uris: dict) -> None:
         typer.echo("  " + line)
     ref = metrics["reference"]["recognizers"]
     typer.echo("  no anonymization, T1 top-1: " + ", ".join(f"{k} {100 * v['top1']:.1f}%" for k, v in ref.items() if v["top1"] is not None))
+    for g in metrics["groups"]:
+        a = g.get("dp_audit")
+        if a and "epsilon_lb" in a:
+            typer.echo(f"  {g['label']}: DP audit {a['verdict']}, epsilon lower bound {a['epsilon_lb']:.2f} "
+                       f"<= claim {a['claim']['epsilon']:g}" if a["verdict"] == "consistent" else
+                       f"  {g['label']}: DP audit VIOLATION, epsilon lower bound {a['epsilon_lb']:.2f} "
+                       f"> claim {a['claim']['epsilon']:g}")
     for k, v in uris.items():
         typer.echo(f"  {k:<8} {v}")

@@ -167,14 +167,15 @@ class Evaluator:
     manifest (a :class:`deid.config.Manifest` or dict), for the detector and the latent model
     the aware attacker rebuilds the method with (without it: the audit's detector, and latent
     methods are not rebuilt); ``adaptive_on``: ``independent`` (default: the aware and reversal
-    attacks run with the recognizers deid's checks do not use) or ``all``.
+    attacks run with the recognizers deid's checks do not use) or ``all``; ``dp_audit``: run
+    ``deid audit-dp``'s empirical epsilon audit for every dp-image group (with a manifest).
     """
 
     def __init__(self, mobilefacenet: str | None = None, second_detector: str | None = "auto",
                  second_detector_max: int | None = None, storage_options: dict | None = None,
                  recognizers: Mapping[str, Any] | None = None, attack_params: Mapping[str, Any] | None = None,
                  public_ref: str | None = None, public_n: int = aware.DEFAULT_N, manifest: Any = None,
-                 progress: bool | None = None, adaptive_on: str = "independent"):
+                 progress: bool | None = None, adaptive_on: str = "independent", dp_audit: bool = True):
         self.landmarker = Landmarker()
         chosen = {p.name: None for p in RECOGNIZERS} if recognizers is None else dict(recognizers)
         if mobilefacenet is not None and "mobilefacenet" in chosen:
@@ -203,6 +204,7 @@ class Evaluator:
             manifest = Manifest.model_validate(manifest)
         self.manifest = manifest
         self.progress = progress
+        self.dp_audit = dp_audit
         self._public = None            # PublicSet and its measured originals (lazy)
         self._pubset = None            # PublicSet, or the Unavailable that says why there is none
         self._aware: dict[tuple, Any] = {}
@@ -534,7 +536,27 @@ class Evaluator:
         }
         return {"label": g.label, "run_id": g.run_id, "method": g.method, "params": g.params,
                 "n_records": len(g.records), "n_subjects": int(len(set(subjects))),
-                "privacy": privacy, "utility": util}
+                "privacy": privacy, "utility": util, "dp_audit": self._dp_audit(g)}
+
+    def _dp_audit(self, g: Group) -> dict | None:
+        """The empirical epsilon audit (deid.evaluate.dp_audit) of a dp-image group: its lower
+        bound beside the claim. Needs the run's manifest (the latent model); ``None`` for other
+        methods, ``{"why": ...}`` when it cannot run."""
+        if g.method != "dp-image" or not self.dp_audit:
+            return None
+        if self.manifest is None:
+            return {"why": "the DP audit needs the run's manifest (--manifest) for the latent model"}
+        from deid.config import Manifest
+        from deid.evaluate.dp_audit import DpAuditError, audit_dp
+
+        m = self.manifest.model_dump(mode="json")
+        m["anonymize"] = {"method": g.method, "params": g.params}
+        try:
+            r = audit_dp(Manifest.model_validate(m), public=self.public_ref, progress=not self._no_bar())
+        except (DpAuditError, ValueError, OSError) as exc:
+            log.warning("dp-image audit not run for %s (%s)", g.label, exc)
+            return {"why": str(exc)}
+        return {k: r[k] for k in ("claim", "epsilon_lb", "verdict", "view", "bound_for", "trials", "alpha")}
 
 
 def _checks(recognizer) -> bool:

@@ -203,6 +203,25 @@ Originals {'shown' if originals else 'left out of this report'}.</p>""")
                 f"<td>{_fmt(a['T3']['top1'], True)}</td><td>{_adaptive(a['aware'], 'same_source_top1')}</td>"
                 f"<td>{_adaptive(a['reversal'], 'gain_top1')}</td><td>{_fmt(a['T1']['chance_top1'], True)}</td></tr>")
     parts.append("</table>")
+    audited = [g for g in metrics["groups"] if g.get("dp_audit")]
+    if audited:
+        parts.append("<h3>DP audit (dp-image)</h3><p class='note'>Empirical privacy audit (deid audit-dp): a "
+                     "likelihood-ratio test on real releases of worst-case public pairs; the epsilon it proves with "
+                     "95% confidence (Clopper-Pearson) is a lower bound on the true epsilon and must stay at or "
+                     "below the claim. A bound far below the claim does not show the claim is tight. "
+                     "docs/privacy.md, \"Auditing the claim empirically\".</p>")
+        parts.append("<table><tr><th class='l'>group</th><th>claimed epsilon</th><th>lower bound</th>"
+                     "<th class='l'>verdict</th><th class='l'>bound for</th><th>trials</th></tr>")
+        for g in audited:
+            a = g["dp_audit"]
+            if "why" in a:
+                parts.append(f"<tr><td class='l'>{e(g['label'])}</td><td colspan='5' class='l'>not run: "
+                             f"{e(a['why'])}</td></tr>")
+                continue
+            parts.append(f"<tr><td class='l'>{e(g['label'])}</td><td>{_fmt(a['claim']['epsilon'])}</td>"
+                         f"<td>{_fmt(a['epsilon_lb'])}</td><td class='l'>{e(a['verdict'])}</td>"
+                         f"<td class='l'>{e(a['bound_for'])}</td><td>{a['trials']}</td></tr>")
+        parts.append("</table>")
 
     # utility table
     d = metrics["detectors"]

@@ -11,6 +11,8 @@ image:
 * blur, ``wiener-<balance>``: Wiener deconvolution (scikit-image) with that Gaussian as the
   point-spread function, on the window reflected by 3 sigma (less ringing at the edges);
 * blur, ``richardson-lucy``: Richardson-Lucy deconvolution (scikit-image), same PSF;
+* for sigma > 4 both work on the window downscaled by 4 / sigma, the grid the method itself
+  blurred on, and are upsampled bicubically;
 * pixelate, ``bicubic``: the cell means (the grid the method drew) upsampled bicubically;
 * pixelate, ``smooth``: the blocks smoothed by a Gaussian of half a cell.
 
@@ -51,17 +53,33 @@ def _per_channel(window: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], pad
     return np.clip(out, 0.0, 1.0) * 255.0
 
 
-def _wiener(balance: float):
+def _scaled(deconvolve):
+    """Deconvolve on the grid the method blurred on: for sigma > 4 blur blurs a copy downscaled by
+    4 / sigma (deid.anonymize.classical.Blur), so the reversal works at that scale too (the
+    detail finer than it is gone either way) and upsamples the result bicubically."""
     def run(window, sigma, reg):
+        f = min(1.0, 4.0 / sigma) if sigma > 4.0 else 1.0
+        if f >= 1.0:
+            return deconvolve(window, sigma)
+        h, w = window.shape[:2]
+        small = cv2.resize(window, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        out = deconvolve(small, sigma * f)
+        return cv2.resize(out.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float64)
+    return run
+
+
+def _wiener(balance: float):
+    def run(window, sigma):
         from skimage.restoration import wiener
 
         psf = _gaussian_psf(sigma)
         pad = min(psf.shape[0] // 2, min(window.shape[:2]) - 1)
         return _per_channel(window, lambda ch: wiener(ch, psf, balance, clip=False), pad)
-    return run
+    return _scaled(run)
 
 
-def _richardson_lucy(window, sigma, reg):
+@_scaled
+def _richardson_lucy(window, sigma):
     from skimage.restoration import richardson_lucy
 
     psf = _gaussian_psf(sigma)

@@ -30,13 +30,14 @@ def evaluate_run(audit_uri: str, subjects_uri: str, out_dir: str, *, run_ids: li
                  mobilefacenet: str | None = None, detector: str | None = None, second_detector: str = "auto",
                  second_detector_max: int | None = None, evaluator: Evaluator | None = None,
                  public_ref: str | None = None, public_n: int | None = None, manifest=None,
-                 progress: bool | None = None, adaptive_on: str = "independent") -> tuple[dict, dict]:
+                 progress: bool | None = None, adaptive_on: str = "independent",
+                 dp_audit: bool = True) -> tuple[dict, dict]:
     from deid.evaluate.aware import DEFAULT_N
 
     ev = evaluator or Evaluator(mobilefacenet=mobilefacenet, second_detector=second_detector,
                                 second_detector_max=second_detector_max, public_ref=public_ref,
                                 public_n=public_n or DEFAULT_N, manifest=manifest, progress=progress,
-                                adaptive_on=adaptive_on)
+                                adaptive_on=adaptive_on, dp_audit=dp_audit)
     metrics, groups, _ = ev.evaluate(audit_uri, subjects_uri, run_ids=run_ids, all_runs=all_runs,
                                      include_quarantined=include_quarantined, detector=detector)
     return metrics, write_outputs(out_dir, metrics, groups, originals=originals)

@@ -86,9 +86,16 @@ DETECTOR_PARAMS = {
 }
 
 
+#: ``--second-detector auto``: a detector of another model family than the run's
+SECOND_DETECTOR = {"dlib-hog": "dlib-cnn", "dlib-cnn": "dlib-hog", "face-mesh": "centerface", "blazeface": "centerface"}
+
+
 def second_detector_for(configured: str) -> str:
-    """The second detector of ``--second-detector auto``: dlib's CNN, or HOG when the run used the CNN."""
-    return "dlib-hog" if configured == "dlib-cnn" else "dlib-cnn"
+    """The second detector of ``--second-detector auto``: another family than the run's. dlib's
+    CNN for HOG runs and HOG for CNN runs; CenterFace for mediapipe runs; the face mesh
+    (mediapipe's BlazeFace + 468-point mesh, the residual gate's default) for every other
+    detector (CenterFace, the default; SCRFD, MTCNN, insightface, ensembles)."""
+    return SECOND_DETECTOR.get(configured, "face-mesh")
 
 
 def hog_features(crop112: np.ndarray) -> np.ndarray:
