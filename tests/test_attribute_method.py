@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import GROUP, REPO, lfw_images
+from conftest import REPO, lfw_images
 
 pytest.importorskip("openvino")
 pytest.importorskip("sklearn")
@@ -184,7 +184,7 @@ def test_the_manifest_runs_on_the_samples_and_charges_every_attribute(method, tm
                                 "GROUP BY mechanism, categories, epsilon").all()
     assert sorted(tuple(r) for r in got) == [("kary_rr", 2, 2.0, len(charged)), ("kary_rr", 3, 2.0, len(charged))]
     # the audit never holds a released (or estimated) value
-    text = df.drop(columns=["params_json"]).to_json()
+    text = df.drop(columns=["params_json"]).to_json(date_format="iso")
     for v in (*method.specs["age"].values, "female"):
         assert v not in text, v
     released = df[df.status == "released"]

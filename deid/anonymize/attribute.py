@@ -189,7 +189,7 @@ class AttributeMethod:
         from deid.anonymize.directions import Directions, cache_dir, directions_key, generate_bank, learn
 
         p = self.params
-        mesh_fp = hashlib.sha256(open(self.mesher.mesh_file, "rb").read()).hexdigest()
+        mesh_fp = hashlib.sha256(Path(self.mesher.mesh_file).read_bytes()).hexdigest()
         plugins = {n: self.used[n].__class__.__name__ + json.dumps(p.estimators[n], sort_keys=True) for n in self.used}
         attrs = tuple(sorted(s.name for e in self.used.values() for s in e.specs))
         key = directions_key(self.model.fingerprint, mesh_fp, {**plugins, "attrs": list(attrs)}, p.bank_size,
@@ -321,10 +321,10 @@ def _files(p: AttributeMethodParams):
     from deid.attributes.registry import ATTRIBUTES
     from deid.faces.facemesh_backend import FaceMeshParams, _files as mesh_files
 
-    out = list(mesh_files(FaceMeshParams()))
+    out = {f.name: f for f in mesh_files(FaceMeshParams())}
     for n, prm in p.estimators.items():
-        out += ATTRIBUTES.get(n).files(prm)
-    return out
+        out.update({f.name: f for f in ATTRIBUTES.get(n).files(prm)})
+    return list(out.values())
 
 
 METHODS.register(Plugin(
