@@ -16,6 +16,9 @@ STATUSES = ("released", "quarantined", "dropped", "failed", "budget_exhausted", 
 
 BOX = pa.list_(pa.int32(), 4)
 
+ATTRIBUTE = pa.struct([("name", pa.string()), ("categories", pa.int32()), ("epsilon", pa.float64()),
+                       ("mechanism", pa.string())])
+
 FACE = pa.struct(
     [
         ("box", BOX),                       # x0, y0, x1, y1 in input pixels (after EXIF rotation)
@@ -30,6 +33,9 @@ FACE = pa.struct(
         ("sensitivity", pa.float64()),
         ("noise_scale", pa.float64()),
         ("subject_spent_after", pa.float64()),
+        # the attribute method: each released attribute's name, number of values, epsilon and
+        # mechanism (never its estimated or released value); null for the other methods
+        ("attributes", pa.list_(ATTRIBUTE)),
     ]
 )
 

@@ -306,6 +306,11 @@ class Manifest(_Section):
                                  "e.g. the gaussian mechanism, needs a delta budget)")
             if p.get("epsilon", 0.0) > self.privacy.max_epsilon:
                 raise ValueError("anonymize.params.epsilon exceeds privacy.max_epsilon: no face could ever be released")
+            attrs = p.get("attributes")  # the attribute method: each face is charged every attribute's epsilon
+            if isinstance(attrs, dict) and sum(float(a.get("epsilon", 0.0)) for a in attrs.values()
+                                               if isinstance(a, dict)) > self.privacy.max_epsilon:
+                raise ValueError("the sum of anonymize.params.attributes' epsilons exceeds privacy.max_epsilon: no "
+                                 "face could ever be released")
         gate = self.checks.residual_detector
         if gate is not None and self.checks.residual != "off":
             shared = families(self.detect) & families(gate)

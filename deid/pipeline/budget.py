@@ -7,6 +7,7 @@ Subject names are turned into keyed subject keys here, on the driver, and never 
 
 from __future__ import annotations
 
+import math
 import os
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ from deid.pipeline.errors import RunError
 
 def release_of(manifest: Manifest):
     """The per-face :class:`deid.facts.DpRelease` of the manifest's DP method (what each face
-    is charged), from the method itself."""
+    is charged), or a tuple of them (several releases per face), from the method itself."""
     from deid.anonymize import make_anonymizer
 
     return make_anonymizer(manifest.anonymize.method, manifest.anonymize.params, manifest.latent).release
@@ -92,7 +93,7 @@ def budget_picture(manifest: Manifest, plan: pa.Table) -> dict:
     from deid.privacy.accountant import Charge, would_exceed
     from deid.privacy.keys import SubjectKeyer, load_secret
 
-    charge = Charge.of(release_of(manifest))
+    charges = list(Charge.all_of(release_of(manifest)))  # one per face, or one per face and attribute
     p = manifest.privacy
     names = plan.column("subject").to_pylist()
     per_subject = _Counter(n for n in names if n is not None)
@@ -109,13 +110,14 @@ def budget_picture(manifest: Manifest, plan: pa.Table) -> dict:
     for s, n in per_subject.items():
         hist = list(history.get(s, []))
         fits = 0
-        while fits < n and not would_exceed(hist, [charge] * (fits + 1), p.max_epsilon, p.max_delta):
+        while fits < n and not would_exceed(hist, charges * (fits + 1), p.max_epsilon, p.max_delta):
             fits += 1
         if fits < n:
             exhausted += 1
             withheld += n - fits
     return {
-        "epsilon_per_face": charge.epsilon, "delta_per_face": charge.delta, "mechanism": charge.mechanism,
+        "epsilon_per_face": math.fsum(c.epsilon for c in charges), "delta_per_face": math.fsum(c.delta for c in charges),
+        "mechanism": "+".join(sorted({c.mechanism for c in charges})),
         "max_epsilon": p.max_epsilon, "ledger": p.ledger, "ledger_exists": ledger_exists,
         "labeled_records": sum(per_subject.values()), "labeled_subjects": len(per_subject),
         "unlabeled_records": sum(1 for n in names if n is None),

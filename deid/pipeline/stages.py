@@ -485,8 +485,11 @@ class ProcessRecords:
         out = decode_image(blob, max_pixels=self.m.run.max_pixels, name=a["output_uri"]).rgb
         rec.timings["write_ms"] = _ms(t)
         checks = self.check(rec, rgb, out, faces)
-        released = FaceFacts(method=self.anonymizer.name, scope=self.anonymizer.dp_scope, dp=self.anonymizer.release,
-                             test_mode=bool(a.get("dp_test_mode")))  # what the earlier attempt released
+        rel = self.anonymizer.release  # what the earlier attempt released
+        many = isinstance(rel, tuple)
+        released = FaceFacts(method=self.anonymizer.name, scope=self.anonymizer.dp_scope, dp=None if many else rel,
+                             releases=rel if many else (), test_mode=bool(a.get("dp_test_mode")),
+                             extra=getattr(self.anonymizer, "adopted_extra", None) or ())
         n_small = sum(rec.small)
         facts = _merge(rec.small, [released] * (len(faces) - n_small), [FaceFacts(method=self.small_face.name)] * n_small)
         spent = _merge(rec.small, res["spent_after"], [None] * n_small)

@@ -245,6 +245,18 @@ class Charge:
         return cls(dp.mechanism, dp.epsilon, dp.delta, dp.sensitivity, dp.noise_scale,
                    getattr(dp, "categories", None))
 
+    @classmethod
+    def all_of(cls, release) -> "tuple[Charge, ...]":
+        """Every ledger charge of one face: a method's ``release`` (one ``DpRelease``, or a tuple
+        of them when each face is released several times at once, e.g. one randomized response
+        per attribute), or a face's facts (their ``charges``)."""
+        many = getattr(release, "charges", release)
+        if isinstance(many, (tuple, list)):
+            if not many:
+                raise ValueError("a face with no DP release has no charge")
+            return tuple(cls.of(r) for r in many)
+        return (cls.of(release),)
+
     @property
     def noise_multiplier(self) -> float:
         """``noise_scale / sensitivity``."""

@@ -51,27 +51,32 @@ class BudgetService:
         that output (verified by sha256) and nothing new is drawn or charged; with
         ``adopt=False`` (the output was gone) or when the earlier attempt never committed
         (it may have drawn noise), this draw is charged as a new release, ``#attempt-N``.
-        ``release`` is the method's per-face :class:`deid.facts.DpRelease`."""
+        ``release`` is the method's per-face :class:`deid.facts.DpRelease`, or a tuple of them
+        when each face is released several times (the ``attribute`` method: one per attribute);
+        the ledger then holds one charge per face and release (``face_index`` counts charges:
+        face i's j-th release is ``i * len(release) + j``)."""
         from deid.privacy.accountant import Charge
 
-        c = Charge.of(release)
+        cs = Charge.all_of(release)
         keys = [subject_key or self._keyer.from_content(input_sha256, tuple(int(v) for v in b)) for b in boxes]
+        items = [(k, c) for k in keys for c in cs]
+        per_face = len(cs)
         with self._lock:
-            res = self._ledger.reserve(run_id, record_id, [(k, c) for k in keys])
+            res = self._ledger.reserve(run_id, record_id, items)
             attempt = 1
             while res.ok and res.replayed:
                 written = self._written.get((run_id, res.record_id))
                 if adopt and written is not None and res.state == "committed":
-                    return {"ok": True, "token": None, "spent_after": list(res.face_spent_after), "reason": None,
-                            "adopt": written}
+                    return {"ok": True, "token": None, "spent_after": list(res.face_spent_after)[::per_face],
+                            "reason": None, "adopt": written}
                 attempt += 1
-                res = self._ledger.reserve(run_id, f"{record_id}#attempt-{attempt}", [(k, c) for k in keys])
+                res = self._ledger.reserve(run_id, f"{record_id}#attempt-{attempt}", items)
             if not res.ok:
                 return {"ok": False, "token": None, "spent_after": None,
                         "reason": f"subject budget exhausted ({len(res.exceeded)} subject(s) would exceed the cap)"}
             token = uuid.uuid4().hex
             self._open[token] = res
-            return {"ok": True, "token": token, "spent_after": list(res.face_spent_after), "reason": None}
+            return {"ok": True, "token": token, "spent_after": list(res.face_spent_after)[::per_face], "reason": None}
 
     def commit(self, token: str, written: dict | None = None) -> None:
         """Commit a reservation; ``written`` (status, output_uri, output_sha256) when the
@@ -104,7 +109,7 @@ class BudgetService:
 
         with self._lock:
             hist = self._ledger.history(subject_key)
-        return would_exceed(hist, [Charge.of(release)], self._ledger.max_epsilon, self._ledger.max_delta)
+        return would_exceed(hist, list(Charge.all_of(release)), self._ledger.max_epsilon, self._ledger.max_delta)
 
     def ping(self) -> bool:
         return True
