@@ -84,14 +84,16 @@ def test_randomized_response_frequencies_match_epsilon(eps, k):
     """H0: the OpenDP draw keeps the value with probability e^eps / (e^eps + k - 1) and spreads the
     rest evenly. Binomial test on the keep count and chi-square on all k counts, each at alpha 1e-3;
     the same counts must reject the next epsilon up (1.5x), so the test can tell epsilons apart."""
-    n = 3000
-    draws = Counter(randomized_response(0, eps, k) for _ in range(n))
     keep = math.exp(eps) / (math.exp(eps) + k - 1)
+    wrong = math.exp(1.5 * eps) / (math.exp(1.5 * eps) + k - 1)
+    # enough draws that the two keep rates are 8 standard errors apart: both checks then fail by
+    # chance with probability far below alpha (3000 draws were 3.4 SE apart at eps 0.25, k 2: flaky)
+    n = max(3000, math.ceil((8 * math.sqrt(keep * (1 - keep)) / (wrong - keep)) ** 2))
+    draws = Counter(randomized_response(0, eps, k) for _ in range(n))
     assert keep_probability(eps, k) == pytest.approx(keep, rel=1e-12)
     assert stats.binomtest(draws[0], n, keep).pvalue > ALPHA
     expected = [n * keep] + [n * (1 - keep) / (k - 1)] * (k - 1)
     assert stats.chisquare([draws[i] for i in range(k)], expected).pvalue > ALPHA
-    wrong = math.exp(1.5 * eps) / (math.exp(1.5 * eps) + k - 1)
     assert stats.binomtest(draws[0], n, wrong).pvalue < ALPHA
 
 

@@ -59,8 +59,13 @@ LIP_POINTS = (61, 291, 0, 17, 13, 14, 78, 308)
 
 class AttributeMethodParams(SwapParams):
     attributes: dict[str, AttributePolicy] = Field(
-        {"age": {"epsilon": 2.0}, "gender": {"epsilon": 2.0}}, min_length=1, validate_default=True,
-        description="the attributes released (PPAS), each with its epsilon and t; a face is charged their sum")
+        # t 1.0 by default: keep every value for the randomized response alone. Under AnonymousNet's t 0.5
+        # every value rarer than half the public reference is flipped (with the shipped reference, every
+        # face estimated female was released male): a kept attribute must not erase a minority.
+        {"age": {"epsilon": 2.0, "t": 1.0}, "gender": {"epsilon": 2.0, "t": 1.0}}, min_length=1,
+        validate_default=True,
+        description="the attributes released (PPAS), each with its epsilon and t (t < 1 flips values far from the "
+                    "public reference: hides rare values, and erases them); a face is charged their sum")
     compare: Literal["point", "soft"] = Field("point", description="PPAS t-closeness of the point estimate or of "
                                               "the estimator's probabilities")
     # age in three bands by default: the age plug-in's error (MAE 8 y, docs/attributes.md) puts half the

@@ -67,7 +67,7 @@ class BudgetService:
             while res.ok and res.replayed:
                 written = self._written.get((run_id, res.record_id))
                 if adopt and written is not None and res.state == "committed":
-                    return {"ok": True, "token": None, "spent_after": list(res.face_spent_after)[::per_face],
+                    return {"ok": True, "token": None, "spent_after": list(res.face_spent_after)[per_face - 1::per_face],
                             "reason": None, "adopt": written}
                 attempt += 1
                 res = self._ledger.reserve(run_id, f"{record_id}#attempt-{attempt}", items)
@@ -76,7 +76,7 @@ class BudgetService:
                         "reason": f"subject budget exhausted ({len(res.exceeded)} subject(s) would exceed the cap)"}
             token = uuid.uuid4().hex
             self._open[token] = res
-            return {"ok": True, "token": token, "spent_after": list(res.face_spent_after)[::per_face], "reason": None}
+            return {"ok": True, "token": token, "spent_after": list(res.face_spent_after)[per_face - 1::per_face], "reason": None}
 
     def commit(self, token: str, written: dict | None = None) -> None:
         """Commit a reservation; ``written`` (status, output_uri, output_sha256) when the
