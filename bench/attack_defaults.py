@@ -46,9 +46,10 @@ GRID = {
     "deepblur": "deepblur:anonymize.params.sigma=2,4,8,16",
     "mask": "mask:anonymize.params.margin=0.25",
     "synthetic-swap": "synthetic-swap:anonymize.params.stable=fresh",
+    "attribute": "attribute:anonymize.params.stable=fresh",
 }
 #: methods that run on another latent model than the eigenfaces (one sweep per latent model)
-LATENT = {"synthetic-swap": {"backend": "mobilestylegan"}}
+LATENT = {"synthetic-swap": {"backend": "mobilestylegan"}, "attribute": {"backend": "mobilestylegan"}}
 IDENTIFY = ("T1", "T1_classifier", "aware", "reversal")
 
 
