@@ -135,3 +135,23 @@ def test_the_second_detector_is_of_another_family():
     assert second_detector_for("centerface") == "face-mesh"   # the default detector's run
     assert second_detector_for("face-mesh") == "centerface"
     assert second_detector_for("dlib-hog") == "dlib-cnn" and second_detector_for("dlib-cnn") == "dlib-hog"
+
+
+@pytest.mark.parametrize("sigma", [1.5, 3.0, 4.0])
+def test_richardson_lucy_is_scikit_images_update(face, sigma):
+    """Known answer: the OpenCV-Gaussian Richardson-Lucy equals scikit-image's on a real face
+    (interior, away from the borders where the two pad differently) and sharpens the blur."""
+    import cv2
+    from skimage.restoration import richardson_lucy
+
+    rgb, faces = face
+    x0, y0, x1, y1 = faces[0].box
+    img = rgb[y0:y1, x0:x1].astype(float) / 255.0
+    blurred = cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    ours = reversal.richardson_lucy_gaussian(blurred, sigma, 10)
+    psf = reversal._gaussian_psf(sigma)
+    ref = np.stack([richardson_lucy(np.clip(blurred[..., c], 1e-6, 1), psf, num_iter=10, clip=False)
+                    for c in range(3)], -1)
+    m = int(4 * sigma) + 10
+    assert np.abs(ours - ref)[m:-m, m:-m].max() < 0.02
+    assert np.abs(ours - img)[m:-m, m:-m].mean() < 0.85 * np.abs(blurred - img)[m:-m, m:-m].mean()

@@ -10,7 +10,8 @@ image:
 
 * blur, ``wiener-<balance>``: Wiener deconvolution (scikit-image) with that Gaussian as the
   point-spread function, on the window reflected by 3 sigma (less ringing at the edges);
-* blur, ``richardson-lucy``: Richardson-Lucy deconvolution (scikit-image), same PSF;
+* blur, ``richardson-lucy``: Richardson-Lucy deconvolution (scikit-image's update, the
+  Gaussian applied by OpenCV: :func:`richardson_lucy_gaussian`), same PSF;
 * for sigma > 4 both work on the window downscaled by 4 / sigma, the grid the method itself
   blurred on, and are upsampled bicubically;
 * pixelate, ``bicubic``: the cell means (the grid the method drew) upsampled bicubically;
@@ -78,14 +79,23 @@ def _wiener(balance: float):
     return _scaled(run)
 
 
+def richardson_lucy_gaussian(image: np.ndarray, sigma: float, num_iter: int = RL_ITERATIONS) -> np.ndarray:
+    """Richardson-Lucy deconvolution of a Gaussian blur, all channels at once: the update of
+    ``skimage.restoration.richardson_lucy`` (start 0.5, ``u *= K * (d / (K * u))``, K symmetric)
+    with K applied by OpenCV's separable Gaussian (reflected borders) instead of an FFT
+    convolution per channel and step: the same estimate in the interior (tested against
+    scikit-image), about 20x faster on a face window. ``image``: float in [0, 1]."""
+    d = np.clip(image, 1e-6, 1.0).astype(np.float64)
+    u = np.full_like(d, 0.5)
+    for _ in range(num_iter):
+        conv = cv2.GaussianBlur(u, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+        u = u * cv2.GaussianBlur(d / np.maximum(conv, 1e-12), (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+    return u
+
+
 @_scaled
 def _richardson_lucy(window, sigma):
-    from skimage.restoration import richardson_lucy
-
-    psf = _gaussian_psf(sigma)
-    pad = min(psf.shape[0] // 2, min(window.shape[:2]) - 1)
-    return _per_channel(window, lambda ch: richardson_lucy(np.clip(ch, 1e-6, 1.0), psf, num_iter=RL_ITERATIONS,
-                                                           clip=False), pad)
+    return np.clip(richardson_lucy_gaussian(window.astype(np.float64) / 255.0, sigma), 0.0, 1.0) * 255.0
 
 
 def _cells(window, reg, blocks: int) -> tuple[np.ndarray, int, int]:
