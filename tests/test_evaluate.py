@@ -58,7 +58,8 @@ def swept(tmp_path_factory):
     res = CliRunner().invoke(app, ["sweep", str(manifest), "--inline", "--out", str(out),
                                    "--param", "blur:anonymize.params.strength=0.002,0.05",
                                    "--param", "mask:anonymize.params.margin=0.25",
-                                   "--second-detector-max", "6", "--public-ref", str(PUBLIC), "--public-n", "96"])
+                                   "--second-detector-max", "6", "--public-ref", str(PUBLIC), "--public-n", "96",
+                                   "--recognizer", "dlib-resnet128", "--recognizer", "mobilefacenet"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     groups = {g["label"]: g for g in metrics["groups"]}

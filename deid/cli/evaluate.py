@@ -9,6 +9,10 @@ import typer
 from deid.cli.common import load_manifest_or_exit, setup_logging
 
 MFN_HELP = "MobileFaceNet .tflite (default: $DEID_MOBILEFACENET, else the cache `make install` fills)"
+RECOGNIZER_HELP = ("recognizer(s) to attack with (repeatable): mobilefacenet (the default: independent of deid's "
+                   "checks) and/or dlib-resnet128 (the network deid's checks use: its rates flatter methods tuned on "
+                   "it; it roughly doubles the evaluation's time)")
+DEFAULT_RECOGNIZERS = ["mobilefacenet"]
 PUBLIC_HELP = ("public labelled images the anonymization-aware attacker anonymizes with each method to fit its maps "
                "(never the user's data; default: $DEID_PUBLIC_REF; e.g. ../shared/data/lfw-public-ref)")
 PUBLIC_N_HELP = "how many images of --public-ref the aware attacker uses (a fixed draw)"
@@ -30,6 +34,7 @@ def evaluate_cmd(
     second_detector_max: int = typer.Option(200, "--second-detector-max", help="run the second detector on about this many records per run, a fixed sample by record id (it is slow); 0: every record"),
     public_ref: str = typer.Option(None, "--public-ref", help=PUBLIC_HELP),
     public_n: int = typer.Option(300, "--public-n", min=10, help=PUBLIC_N_HELP),
+    recognizer: list[str] = typer.Option(None, "--recognizer", help=RECOGNIZER_HELP),
     no_dp_audit: bool = typer.Option(False, "--no-dp-audit", help="skip the empirical epsilon audit of dp-image groups (~40 s each; needs --manifest)"),
     adaptive_on: str = typer.Option("independent", "--adaptive-on", help="recognizers the aware and reversal attacks run with: independent (not the one deid's checks use) or all"),
     manifest: Path = typer.Option(None, "--manifest", help="the run's manifest: its detector and latent model for the aware attacker (needed for latent methods)"),
@@ -46,7 +51,7 @@ def evaluate_cmd(
                                      mobilefacenet=mobilefacenet, second_detector=second_detector,
                                      second_detector_max=second_detector_max or None, public_ref=public_ref,
                                      public_n=public_n, manifest=m, adaptive_on=adaptive_on,
-                                     dp_audit=not no_dp_audit)
+                                     dp_audit=not no_dp_audit, recognizers=recognizer or DEFAULT_RECOGNIZERS)
     except (EvaluateError, ModelMissing, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -65,6 +70,7 @@ def sweep_cmd(
     second_detector_max: int = typer.Option(200, "--second-detector-max", help="run the second detector on about this many records per run (a fixed sample by record id); 0: every record"),
     public_ref: str = typer.Option(None, "--public-ref", help=PUBLIC_HELP),
     public_n: int = typer.Option(300, "--public-n", min=10, help=PUBLIC_N_HELP),
+    recognizer: list[str] = typer.Option(None, "--recognizer", help=RECOGNIZER_HELP),
 ) -> None:
     """Run a grid of method strengths on the same inputs and plot privacy-utility curves."""
     from deid.evaluate import EvaluateError
@@ -79,7 +85,7 @@ def sweep_cmd(
         metrics, uris = sweep(m, param, out, subjects=subjects, engine="local" if inline else None,
                               originals=not no_originals, mobilefacenet=mobilefacenet, second_detector=second_detector,
                               second_detector_max=second_detector_max or None, echo=typer.echo, public_ref=public_ref,
-                              public_n=public_n)
+                              public_n=public_n, recognizers=recognizer or DEFAULT_RECOGNIZERS)
     except (SweepError, EvaluateError, ModelMissing, ListingError, RunError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -31,13 +31,14 @@ def evaluate_run(audit_uri: str, subjects_uri: str, out_dir: str, *, run_ids: li
                  second_detector_max: int | None = None, evaluator: Evaluator | None = None,
                  public_ref: str | None = None, public_n: int | None = None, manifest=None,
                  progress: bool | None = None, adaptive_on: str = "independent",
-                 dp_audit: bool = True) -> tuple[dict, dict]:
+                 dp_audit: bool = True, recognizers: list[str] | None = None) -> tuple[dict, dict]:
     from deid.evaluate.aware import DEFAULT_N
 
     ev = evaluator or Evaluator(mobilefacenet=mobilefacenet, second_detector=second_detector,
                                 second_detector_max=second_detector_max, public_ref=public_ref,
                                 public_n=public_n or DEFAULT_N, manifest=manifest, progress=progress,
-                                adaptive_on=adaptive_on, dp_audit=dp_audit)
+                                adaptive_on=adaptive_on, dp_audit=dp_audit,
+                                recognizers={r: None for r in recognizers} if recognizers else None)
     metrics, groups, _ = ev.evaluate(audit_uri, subjects_uri, run_ids=run_ids, all_runs=all_runs,
                                      include_quarantined=include_quarantined, detector=detector)
     return metrics, write_outputs(out_dir, metrics, groups, originals=originals)
