@@ -15,7 +15,7 @@ RECOGNIZER_HELP = ("recognizer(s) to attack with (repeatable): mobilefacenet (th
 DEFAULT_RECOGNIZERS = ["mobilefacenet"]
 PUBLIC_HELP = ("public labelled images the anonymization-aware attacker anonymizes with each method to fit its maps "
                "(never the user's data; default: $DEID_PUBLIC_REF; e.g. ../shared/data/lfw-public-ref)")
-PUBLIC_N_HELP = "how many images of --public-ref the aware attacker uses (a fixed draw)"
+PUBLIC_N_HELP = "how many images of --public-ref the aware attacker uses (evenly spaced over the sorted names)"
 SECOND_HELP = ("second detector for the detection rate: auto (another family: face-mesh for CenterFace and most runs, "
                "centerface for mediapipe runs, dlib-cnn for dlib-hog, dlib-hog for dlib-cnn), "
                "none, or any detector `deid plugins --kind detector` lists (with its default params)")

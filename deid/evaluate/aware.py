@@ -6,8 +6,8 @@ of their originals ("A False Sense of Privacy", Hanisch et al. 2023). The ``awar
 (:mod:`deid.evaluate.attacks`) then identifies the user's released faces through that map.
 
 * public set: the images under ``public_ref`` (``--public-ref``, else ``$DEID_PUBLIC_REF``; e.g.
-  ``../shared/data/lfw-public-ref``), never the user's data; ``n`` of them (a fixed
-  permutation, seed 0). Each is detected with the run's detector, every face found is
+  ``../shared/data/lfw-public-ref``), never the user's data; ``n`` of them, evenly spaced over
+  the sorted names. Each is detected with the run's detector, every face found is
   anonymized with the group's method and params (latent methods need the run's manifest for
   their model), and the largest face is embedded, original and anonymized, by every recognizer
   at the original's geometry: the same protocol as the user's records;
@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import posixpath
 import warnings
 from dataclasses import dataclass
@@ -109,10 +108,15 @@ def fit_maps(anon: np.ndarray, orig: np.ndarray, seed: int = 0) -> tuple[dict, d
 def _save(path: Path, maps: dict, report: dict) -> None:
     arrays = {f"linear.{k}": v for k, v in vars(maps["linear"]).items()}
     arrays.update({f"mlp.{k}": v for k, v in vars(maps["mlp"]).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, report=np.array(json.dumps(report)), **arrays)
-    os.replace(tmp, path)
+    import io
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from deid.io.write import atomic_write
+
+    buf = io.BytesIO()
+    np.savez(buf, report=np.array(json.dumps(report)), **arrays)
+    atomic_write(LocalFileSystem(), str(path), buf.getvalue())
 
 
 def _load(path: Path) -> tuple[dict, dict] | None:
@@ -128,7 +132,7 @@ def _load(path: Path) -> tuple[dict, dict] | None:
 
 
 class PublicSet:
-    """``n`` images of a public folder (fsspec URI), a fixed permutation (seed 0) of the sorted names."""
+    """``n`` images of a public folder (fsspec URI), evenly spaced over the sorted names."""
 
     def __init__(self, uri: str, n: int = DEFAULT_N, storage_options: dict | None = None):
         self.uri, self.storage_options = uri, storage_options or {}
@@ -141,9 +145,10 @@ class PublicSet:
         if not found:
             raise Unavailable(f"public reference set {uri}: no images in it")
         found.sort()
-        perm = np.random.default_rng(0).permutation(len(found))[:n]
+        # evenly spaced over the sorted names: a fixed, content-independent choice (no seed)
+        picks = np.unique(np.linspace(0, len(found) - 1, min(n, len(found))).round().astype(int))
         self.fs, self.root = fs, root
-        self.items = [found[i] for i in sorted(perm)]
+        self.items = [found[i] for i in picks]
         h = hashlib.sha256()
         for p, size in self.items:
             h.update(f"{posixpath.relpath(p, root)}\0{size}\n".encode())

@@ -321,7 +321,7 @@ class Evaluator:
         _, items = self._public_originals()
         anonymizer = make_anonymizer(method, params, latent)
         keyed = getattr(anonymizer, "wants_subject_keys", False)
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng()   # OS entropy, as a run draws (dp-image's noise is OpenDP's anyway)
         o = {r.name: [] for r in self.adaptive}
         a = {r.name: [] for r in self.adaptive}
         for path, rgb, faces, located, emb in tqdm(items, desc=f"aware attacker: {method} on the public set",
