@@ -18,6 +18,8 @@ Contract:
   ``ai-edge-litert`` on the 112x112 crop aligned to the ArcFace five-point template
   (eye centres, nose tip, mouth corners from dlib's 68-point model); pixels scaled
   ``(x - 127.5) / 128``; output L2-normalised. Independent of the checks: the attacker.
+  :class:`MobileFaceNetTorch` runs the same file in PyTorch, differentiable (for the
+  universal perturbation and the private-encoder's identity loss).
 * ``same_person_threshold`` is the distance below which the recognizer calls two faces the
   same person.
 """
@@ -158,6 +160,61 @@ class MobileFaceNet(GeometryRecognizer):
             self._it.invoke()
             out[i : i + k] = self._it.get_tensor(self._out)[:k]
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-10)
+
+    def embed(self, rgb: np.ndarray, located: list[FaceGeometry]) -> np.ndarray:
+        if not located:
+            return np.zeros((0, self.dim))
+        return self.embed_crops(np.stack([arcface_crop(rgb, g) for g in located]))
+
+
+class MobileFaceNetTorch(GeometryRecognizer):
+    """The same MobileFaceNet file run by PyTorch, differentiable: OpenVINO's TFLite frontend
+    reads the graph and :class:`deid.latent.irtorch.IRModule` replays it with torch ops (the
+    embeddings equal the TFLite interpreter's to ~1e-6, tests/test_torch_recognizer.py). It
+    is what gradient-based code needs: the universal adversarial perturbation and the
+    private-encoder's identity loss. Same fingerprint as :class:`MobileFaceNet` (same file)."""
+
+    name = "mobilefacenet"
+    dim = MobileFaceNet.dim
+    same_person_threshold = MobileFaceNet.same_person_threshold
+
+    def __init__(self, path=None, device: str = "cpu", landmarker: Landmarker | None = None):
+        import openvino as ov
+
+        from deid.evaluate.models import mobilefacenet_path
+        from deid.latent.irtorch import IRModule
+
+        super().__init__(landmarker)
+        p = mobilefacenet_path(path)
+        self.path = str(p)
+        self.fingerprint = file_sha256(self.path)
+        model = ov.Core().read_model(self.path)
+        shape = tuple(model.inputs[0].get_partial_shape().to_shape())
+        if shape[1:] != (112, 112, 3) or tuple(model.outputs[0].get_partial_shape().to_shape())[1:] != (192,):
+            raise ValueError(f"{self.path}: not the expected MobileFaceNet (input {list(shape)})")
+        self.module = IRModule(model, free_batch=shape[0]).eval().to(device)
+        for b in self.module.buffers():
+            b.requires_grad_(False)
+        self.device = device
+
+    def embed_tensor(self, x):
+        """``x``: N x 3 x 112 x 112 float tensor of aligned RGB crops in [0, 255] (gradients
+        flow to it); returns N x 192 L2-normalised embeddings."""
+        import torch
+
+        y = self.module(((x - 127.5) / 128.0).permute(0, 2, 3, 1))
+        return y / torch.clamp(torch.linalg.vector_norm(y, dim=1, keepdim=True), min=1e-10)
+
+    def embed_crops(self, crops: np.ndarray, batch: int = 32) -> np.ndarray:
+        """``crops``: N x 112 x 112 x 3 uint8 RGB, already aligned (as :meth:`MobileFaceNet.embed_crops`)."""
+        import torch
+
+        out = [np.zeros((0, self.dim))]
+        with torch.no_grad():
+            for i in range(0, len(crops), batch):
+                x = torch.from_numpy(np.ascontiguousarray(crops[i:i + batch], dtype=np.float32)).permute(0, 3, 1, 2)
+                out.append(self.embed_tensor(x.to(self.device)).cpu().numpy().astype(np.float64))
+        return np.concatenate(out)
 
     def embed(self, rgb: np.ndarray, located: list[FaceGeometry]) -> np.ndarray:
         if not located:

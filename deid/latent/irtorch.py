@@ -34,6 +34,7 @@ SUPPORTED = frozenset({
     "Parameter", "Constant", "Result", "MatMul", "Add", "Multiply", "Subtract", "Divide", "Power", "PRelu",
     "ReduceMean", "ShapeOf", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "VariadicSplit",
     "Broadcast", "Tile", "Convolution", "GroupConvolution", "GroupConvolutionBackpropData",
+    "Abs", "Relu", "Transpose",
 })
 
 
@@ -93,11 +94,12 @@ def style_taps(model) -> list[Any]:
 class IRModule:
     """Built lazily as a ``torch.nn.Module`` subclass (torch is imported on first use)."""
 
-    def __new__(cls, model, taps: dict[tuple[str, int], int] | None = None, trace: bool = False):
-        return _build(model, taps or {}, trace)
+    def __new__(cls, model, taps: dict[tuple[str, int], int] | None = None, trace: bool = False,
+                free_batch: int | None = None):
+        return _build(model, taps or {}, trace, free_batch)
 
 
-def _build(model, taps: dict[tuple[str, int], int], trace: bool):
+def _build(model, taps: dict[tuple[str, int], int], trace: bool, free_batch: int | None = None):
     import torch
     import torch.nn.functional as F
 
@@ -273,6 +275,9 @@ def _build(model, taps: dict[tuple[str, int], int], trace: bool):
         shape = [int(s) for s in np.atleast_1d(shape)]
         if attrs.get("special_zero"):
             shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        if (free_batch is not None and isinstance(x, torch.Tensor) and shape and shape[0] == free_batch
+                and x.ndim >= 1 and x.shape[0] != free_batch and -1 not in shape[1:]):
+            shape = [x.shape[0]] + shape[1:]  # a graph exported for a fixed batch, run at another
         return x.reshape(shape)
 
     def _variadic_split(args, attrs):
@@ -303,9 +308,24 @@ def _build(model, taps: dict[tuple[str, int], int], trace: bool):
         reps = [1] * (x.ndim - len(reps)) + reps
         return x.repeat(*reps)
 
-    def _pads(attrs, x):
-        if attrs.get("auto_pad", "explicit") not in ("explicit", "notset"):
-            raise NotImplementedError(f"auto_pad {attrs.get('auto_pad')}")
+    def _pads(attrs, x, w=None):
+        mode = attrs.get("auto_pad", "explicit")
+        if mode == "valid":
+            return x, (0, 0)
+        if mode in ("same_upper", "same_lower") and w is not None:
+            # SAME: output = ceil(input / stride); the odd pixel goes at the end (upper) or start
+            pads = []
+            for d in range(2):
+                size, k = x.shape[2 + d], (w.shape[-2 + d] - 1) * attrs["dilations"][d] + 1
+                s_ = attrs["strides"][d]
+                total = max((-(-size // s_) - 1) * s_ + k - size, 0)
+                lo = total // 2 if mode == "same_upper" else total - total // 2
+                pads.append((lo, total - lo))
+            if pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]:
+                return x, (pads[0][0], pads[1][0])
+            return F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1])), (0, 0)
+        if mode not in ("explicit", "notset"):
+            raise NotImplementedError(f"auto_pad {mode}")
         pb, pe = list(attrs["pads_begin"]), list(attrs["pads_end"])
         if pb == pe:
             return x, tuple(pb)
@@ -313,13 +333,13 @@ def _build(model, taps: dict[tuple[str, int], int], trace: bool):
 
     def _conv(args, attrs):
         x, w = args
-        x, pad = _pads(attrs, x)
+        x, pad = _pads(attrs, x, w)
         return F.conv2d(x, w, stride=tuple(attrs["strides"]), padding=pad, dilation=tuple(attrs["dilations"]))
 
     def _group_conv(args, attrs):
         x, w = args  # w: [G, Cout/G, Cin/G, kh, kw]
         g = w.shape[0]
-        x, pad = _pads(attrs, x)
+        x, pad = _pads(attrs, x, w[0])
         return F.conv2d(x, w.reshape((g * w.shape[1],) + tuple(w.shape[2:])), stride=tuple(attrs["strides"]),
                         padding=pad, dilation=tuple(attrs["dilations"]), groups=g)
 
@@ -343,7 +363,15 @@ def _build(model, taps: dict[tuple[str, int], int], trace: bool):
                                   padding=tuple(pb), output_padding=tuple(attrs.get("output_padding", [0, 0])),
                                   groups=g, dilation=tuple(attrs["dilations"]))
 
+    def _transpose(args, attrs):
+        x, perm = args
+        perm = [int(p) % x.ndim for p in np.atleast_1d(perm)] if np.size(perm) else list(range(x.ndim))[::-1]
+        return np.transpose(x, perm) if isinstance(x, np.ndarray) else x.permute(*perm)
+
     _OPS = {
+        "Abs": lambda args, attrs: np.abs(args[0]) if isinstance(args[0], np.ndarray) else torch.abs(args[0]),
+        "Relu": lambda args, attrs: F.relu(args[0]),
+        "Transpose": _transpose,
         "MatMul": _matmul,
         "Add": _bin(np.add, torch.add),
         "Multiply": _bin(np.multiply, torch.mul),
