@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.deid-installed
 
-.PHONY: install demo test bench bench-deps clean
+.PHONY: install demo test bench bench-deps uap clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,12 @@ bench: install
 # Bench-only extras. bench/recall.py's synthetic crowd (MobileStyleGAN strangers) now uses
 # deid's own generator plug-in, which install provides: nothing is bench-only at present.
 bench-deps: install
+
+# The universal perturbation shipped in deid/anonymize/data/ (attribute method, AnonymousNet stage IV),
+# recomputed from the public reference set: MobileFaceNet (PyTorch), 400 photos, xi 8, seed 0.
+PUBLIC_REF ?= ../shared/data/lfw-public-ref
+uap: install
+	$(BIN)/deid uap fit --images $(PUBLIC_REF) --out deid/anonymize/data/uap-mobilefacenet.npz --faces 400 --epochs 4
 
 clean:
 	rm -rf out .pytest_cache

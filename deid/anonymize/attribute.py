@@ -16,6 +16,8 @@ For each face (Li & Lin 2019, stages 1-4, with synthetic-swap as the last stage)
 4. **swap** as ``synthetic-swap`` does (:func:`deid.anonymize.swap_ops.swap_face`): warped into
    the original's pose, colour-matched, blended inside the face region. A face with no mesh is
    masked instead (never left as it was).
+5. **universal perturbation** (stage IV, optional: ``perturbation``; :mod:`deid.anonymize.uap`):
+   added inside the swapped region, warped onto the face by its mesh's five ArcFace points.
 
 The reference is the JSON table shipped in ``deid/anonymize/data/ppas-reference.json`` (the
 plug-ins over ``lfw-public-ref``, ``bench/ppas_reference.py``) or the table named by
@@ -46,7 +48,7 @@ from deid.anonymize.registry import METHODS
 from deid.anonymize.swap import SwapParams, _eyes, _generator
 from deid.faces.types import Face
 from deid.facts import FaceFacts
-from deid.plugins import Licence, Needs, Plugin, path_field
+from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,10 @@ class AttributeMethodParams(SwapParams):
     edit_step: float = Field(0.75, gt=0.0, le=10.0, description="later edits: this many score-stds further each")
     test_seed: int | None = Field(None, description="TEST MODE ONLY: seeded, non-DP randomized response; marked in "
                                   "the audit (dp_test_mode), never released")
+    perturbation: str | None = path_field(
+        None, description="AnonymousNet stage IV: a universal adversarial perturbation file (`deid uap fit`) added "
+        "to each swapped face region; builtin:uap-mobilefacenet is the shipped one (xi 8, computed on MobileFaceNet "
+        "over lfw-public-ref: the evaluation's attacker, so measure with another, docs/attributes.md); null: none")
 
     @field_validator("attributes")
     @classmethod
@@ -185,6 +191,11 @@ class AttributeMethod:
         from deid.anonymize.registry import make_anonymizer
 
         self._mask = make_anonymizer("mask")
+        self.uap = None
+        if p.perturbation is not None:
+            from deid.anonymize.uap import UAP
+
+            self.uap = UAP.load(p.perturbation)
         #: in-process measurement only (bench, tests): when a list, each face appends its released
         #: values and the plug-ins' labels on its stranger. Never reaches the facts or the audit.
         self.trace: list | None = None
@@ -311,6 +322,11 @@ class AttributeMethod:
                 mixed = a * pixels.astype(np.float32) + (1.0 - a) * win
                 out[y0:y1, x0:x1] = np.where(a > 0, np.clip(np.rint(mixed), 0, 255), win).astype(np.uint8)
                 extra.update(swapped=True)
+                if self.uap is not None:  # stage IV, inside the swapped region only
+                    from deid.faces.facemesh_backend import mesh_arcface5
+
+                    out = self.uap.apply(out, mesh_arcface5(pts), alpha, window=(x0, y0, x1, y1))
+                    extra.update(perturbed=True)
             facts.append(FaceFacts(method=self.name, scope=self.dp_scope, releases=sel.releases,
                                    test_mode=sel.test_mode, extra=extra))
         return out, facts
@@ -329,6 +345,10 @@ def _files(p: AttributeMethodParams):
     out = {f.name: f for f in mesh_files(FaceMeshParams())}
     for n, prm in p.estimators.items():
         out.update({f.name: f for f in ATTRIBUTES.get(n).files(prm)})
+    if p.perturbation is not None:
+        from deid.anonymize.uap import resolve
+
+        out["perturbation"] = ModelFile("perturbation", resolve(p.perturbation))
     return list(out.values())
 
 

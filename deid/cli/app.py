@@ -1,5 +1,5 @@
 """``deid`` command line: ``deid run MANIFEST``, ``deid validate MANIFEST`` and the sub-commands
-(``audit``, ``audit-dp``, ``budget``, ``latent``, ``evaluate``, ``sweep``, ``plugins``) of the other ``deid.cli`` modules.
+(``audit``, ``audit-dp``, ``budget``, ``latent``, ``uap``, ``evaluate``, ``sweep``, ``plugins``) of the other ``deid.cli`` modules.
 
 Each command module imports only :mod:`deid.cli.common` of the CLI; only this module imports
 the command modules, to register them."""
@@ -20,11 +20,13 @@ from deid.cli.common import load_manifest_or_exit
 from deid.cli.evaluate import evaluate_cmd, sweep_cmd
 from deid.cli.latent import latent_app
 from deid.cli.plugins import plugins_cmd
+from deid.cli.uap import uap_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="De-identify face image datasets, with an audit row for every record.")
 app.add_typer(audit_app, name="audit")
 app.add_typer(budget_app, name="budget")
 app.add_typer(latent_app, name="latent")
+app.add_typer(uap_app, name="uap")
 app.command("evaluate")(evaluate_cmd)
 app.command("sweep")(sweep_cmd)
 app.command("plugins")(plugins_cmd)
