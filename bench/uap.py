@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--uap", default="builtin:uap-mobilefacenet")
     ap.add_argument("--method-photos", type=int, default=60)
     ap.add_argument("--out", default="/tmp/deid-uap")
+    ap.add_argument("--only-method", action="store_true", help="part 2 only (part 1's tables skipped)")
     a = ap.parse_args()
 
     from deid.anonymize.uap import UAP, psnr
@@ -116,7 +117,7 @@ def main() -> None:
           f"{np.median(ps_all):.1f} dB")
     print("| recognizer | probe | T1 top-1 | chance | mean distance to clean |")
     print("|---|---|---|---|---|")
-    for name, rec in recs.items():
+    for name, rec in ({} if a.only_method else recs).items():
         emb = {k: np.stack([rec.embed(img, [g])[0] for img, (_, _, g) in zip(v, kept)]) for k, v in variants.items()}
         for k in ("clean", "clean_jpeg", "noise", "noise_jpeg", "uap", "uap_jpeg"):
             res = t1(emb["clean"], emb[k], subjects, sources)

@@ -195,3 +195,37 @@ def test_the_manifest_runs_on_the_samples_and_charges_every_attribute(method, tm
     assert len(released) >= 1 and all(Path(u.removeprefix("file://")).exists() for u in released.output_uri)
     assert not any(str(tmp_path) in str(p) for p in (REPO / "manifests" / "samples").rglob("*"))
     os.environ.pop("DEID_SUBJECT_KEY", None)
+
+
+def test_the_perturbation_is_added_inside_the_swapped_region_only(method):
+    """Stage IV: the same draws with and without the shipped perturbation differ only where the
+    stranger was blended in, by at most its bound, and the file is in the model fingerprints."""
+    from deid.anonymize.attribute import AttributeMethod, AttributeMethodParams, _files
+
+    params = AttributeMethodParams(bank_size=BANK, test_seed=5, perturbation="builtin:uap-mobilefacenet")
+    pert = AttributeMethod(params, latent=method.model, mesher=method.mesher)
+    plain = AttributeMethod(params.model_copy(update={"perturbation": None}), latent=method.model,
+                            mesher=method.mesher)
+    assert "perturbation" in {f.name for f in _files(params)} and "perturbation" not in {f.name for f in _files(
+        params.model_copy(update={"perturbation": None}))}
+    n_swapped = 0
+    for p in lfw_images()[:3]:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        faces = _faces_of(rgb)[:1]
+        seed = int(np.random.default_rng().integers(2**32))
+        a, fa = plain(rgb, faces, np.random.default_rng(seed))
+        b, fb = pert(rgb, faces, np.random.default_rng(seed))
+        if not fa[0].get("swapped"):
+            assert np.array_equal(a, b)
+            continue
+        n_swapped += 1
+        assert fb[0].get("perturbed") is True and fa[0].get("perturbed") is None
+        d = np.abs(b.astype(int) - a.astype(int)).max(axis=2)
+        touched = np.any(a != rgb, axis=2)  # where the swap changed the photo
+        assert d.max() <= 9 and np.count_nonzero(d) > 0.3 * np.count_nonzero(touched)
+        # the feathered rim of the blend (alpha > 0 but rounded back to the photo's value) may be
+        # perturbed; nothing beyond it
+        from scipy.ndimage import binary_dilation
+
+        assert not ((d > 0) & ~binary_dilation(touched, iterations=3)).any()
+    assert n_swapped >= 2
