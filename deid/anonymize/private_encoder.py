@@ -29,12 +29,14 @@ attacker of such a run (``deid evaluate`` labels it so).
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from deid.anonymize.registry import METHODS
+from deid.anonymize.swap import SwapParams
 from deid.faces.types import Face
 from deid.facts import FaceFacts
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
@@ -51,12 +53,11 @@ class PrivateEncoderParams(BaseModel):
     beta: float | None = Field(None, ge=0.0, le=1.0, description="the identity target the encoder was fitted with "
                                "(its card's beta; 0: a stranger's similarity, 1: the same identity); must equal the "
                                "card's; null: the file's")
-    keep_forehead: bool = Field(False, description="true: replace jaw line to brows; false: the whole face oval "
-                                "(as synthetic-swap)")
-    blend: Literal["feather", "poisson"] = Field("feather", description="soft edge inside the region, or Poisson "
-                                                 "blending (as synthetic-swap)")
-    feather: float = Field(0.2, ge=0.0, le=1.0, description="soft edge width inside the region, x the eye distance")
-    colour_match: bool = Field(True, description="match the region's Lab mean and contrast to the original's")
+    # the region and the seam: synthetic-swap's fields, as they are
+    keep_forehead: bool = SwapParams.model_fields["keep_forehead"]
+    blend: Literal["feather", "poisson"] = SwapParams.model_fields["blend"]
+    feather: float = SwapParams.model_fields["feather"]
+    colour_match: bool = SwapParams.model_fields["colour_match"]
 
 
 _ENCODERS: dict[tuple[str, str], Any] = {}
@@ -147,20 +148,24 @@ class PrivateEncoder:
 
 
 def _files(p: PrivateEncoderParams) -> list[ModelFile]:
-    from pathlib import Path
-
     from deid.faces.facemesh_backend import FaceMeshParams, _files as mesh_files
+
+    uri = encoder_uri(p)
+    # a missing local file is left out here (deid plugins lists the method without it); a run
+    # stops before its first record in fingerprint_entries, which says how to get one
+    enc = [ModelFile(f"{NAME}:encoder", uri)] if "://" in uri or Path(uri).is_file() else []
+    return enc + mesh_files(FaceMeshParams())
+
+
+def fingerprint_entries(p: PrivateEncoderParams) -> list[dict]:
+    """The audit's extra fingerprint: the recognizer the encoder was fine-tuned against (its
+    card's ``identity_recognizer``), which is then not an independent attacker of the run. A
+    missing or mismatched encoder file stops the run here, before any record, with the reason."""
     from deid.latent.encoder import HOW_TO_GET
 
     uri = encoder_uri(p)
     if "://" not in uri and not Path(uri).is_file():
         raise FileNotFoundError(f"anonymize.params.encoder {uri}: encoder file not found; {HOW_TO_GET}")
-    return [ModelFile(f"{NAME}:encoder", uri)] + mesh_files(FaceMeshParams())
-
-
-def fingerprint_entries(p: PrivateEncoderParams) -> list[dict]:
-    """The audit's extra fingerprint: the recognizer the encoder was fine-tuned against (its
-    card's ``identity_recognizer``), which is then not an independent attacker of the run."""
     rec = load_checked(p).card.get("identity_recognizer")
     return [{"name": f"{NAME}:identity-recognizer:{rec['name']}", "sha256": rec["sha256"]}] if rec else []
 

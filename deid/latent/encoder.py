@@ -167,7 +167,9 @@ class Encoder:
         try:
             blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
-            raise ValueError(f"{uri}: not a deid encoder file ({type(exc).__name__}: {exc}); {HOW_TO_GET}") from None
+            why = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            raise ValueError(f"{uri}: not a deid encoder file ({type(exc).__name__}{': ' + why if why else ''}); "
+                             f"{HOW_TO_GET}") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("card"), str) \
                 or not isinstance(blob.get("state"), dict):
             raise ValueError(f"{uri}: not a {FORMAT} file (want a dict with format, card, state); {HOW_TO_GET}")
