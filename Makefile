@@ -62,8 +62,8 @@ install: $(STAMP) $(MFN) $(SCRFD)
 # Its weights inherit MobileStyleGAN's NVIDIA Source Code License-NC (research only).
 ENCODER := models/encoder-mobilestylegan.pt
 PUBLIC_REF ?= ../shared/data/lfw-public-ref
-ENCODER_ARGS ?= --pairs 320 --steps 1200 --public $(PUBLIC_REF) --public-limit 64 --holdout 16 \
-	--beta 0 --finetune-steps 6 --finetune-batch 2 --seed 0 --max-minutes 30
+ENCODER_ARGS ?= --pairs 320 --steps 600 --public $(PUBLIC_REF) --public-limit 64 --holdout 16 \
+	--beta 0 --finetune-steps 6 --finetune-batch 2 --seed 0 --max-minutes 60
 $(ENCODER): | $(STAMP) $(MFN)
 	$(BIN)/deid latent fit-encoder --out $@ $(ENCODER_ARGS)
 encoder: $(ENCODER)

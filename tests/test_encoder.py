@@ -205,7 +205,7 @@ def test_private_encoder_on_real_photos_through_a_run(fitted, stats_dir, tmp_pat
     assert fps["private-encoder:encoder"] == card["fingerprint"]
     assert bad.status == "failed"
     src = np.asarray(Image.open(photo).convert("RGB")).astype(int)
-    out_path = next(Path(tmp_path / "release").rglob("face.*"))
+    out_path = Path(ok.output_uri)
     out = np.asarray(Image.open(out_path).convert("RGB")).astype(int)
     x0, y0, x1, y1 = ok.faces[0]["box"]
     assert np.abs(out[y0:y1, x0:x1] - src[y0:y1, x0:x1]).mean() > 5   # the face is redrawn
@@ -218,3 +218,50 @@ def test_beta_must_match_the_encoder_card(fitted, gen):
     opts, _ = fitted
     with pytest.raises(ValueError, match=r"beta 0\.5.*enc\.pt.*without the identity term"):
         PrivateEncoder({"encoder": opts.out, "beta": 0.5}, latent=gen)
+
+
+def test_evaluate_labels_the_fine_tuning_recognizer_not_independent(fitted, stats_dir, recognizer, tmp_path):
+    """An encoder whose card names the recognizer of its identity term: a run's audit
+    fingerprints name that recognizer, and deid evaluate's role for it says not independent
+    (another recognizer, and runs of other methods, keep theirs)."""
+    from deid.config import manifest_from_dict
+    from deid.evaluate.core import _role
+    from deid.evaluate.recognizers import DlibResNet
+    from deid.latent.encoder import load_encoder, to_bytes
+    from deid.pipeline.fingerprints import model_fingerprints
+
+    opts, _ = fitted
+    enc = load_encoder(opts.out)
+    card = dict(enc.card, beta=0.0, identity_recognizer={"name": recognizer.name, "sha256": recognizer.fingerprint})
+    path = tmp_path / "tuned.pt"
+    path.write_bytes(to_bytes(enc.net, card))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    m = manifest_from_dict(base_manifest(
+        inp, tmp_path, detect={"backend": "centerface"},
+        anonymize={"method": "private-encoder", "params": {"encoder": str(path), "beta": 0.0}},
+        latent={"backend": "mobilestylegan", "runtime": "openvino", "stats_samples": 500, "cache_dir": stats_dir},
+        licences={"accept_non_commercial": ["mobilestylegan", "private-encoder"]}))
+    fps = model_fingerprints(m)
+    rows = [{"model_fingerprints": fps}]
+    assert {"name": "private-encoder:identity-recognizer:mobilefacenet", "sha256": recognizer.fingerprint} in fps
+    assert _role(recognizer, rows).startswith("not independent") and "dlib-resnet128" in _role(recognizer, rows)
+    assert _role(DlibResNet(), rows) == "deid's own checks"
+    assert _role(recognizer, [{"model_fingerprints": [f for f in fps if "identity" not in f["name"]]}]) \
+        == "independent attacker"
+    # beta must match the card's: a file fitted at 0 is refused for 0.5, naming the file
+    m2 = manifest_from_dict(base_manifest(
+        inp, tmp_path, detect={"backend": "centerface"},
+        anonymize={"method": "private-encoder", "params": {"encoder": str(path), "beta": 0.5}},
+        latent={"backend": "mobilestylegan", "runtime": "openvino", "stats_samples": 500, "cache_dir": stats_dir},
+        licences={"accept_non_commercial": ["mobilestylegan", "private-encoder"]}))
+    with pytest.raises(ValueError, match=r"beta 0\.5: .*tuned\.pt was fitted with beta 0"):
+        model_fingerprints(m2)
+    # a missing encoder stops the run before any record, saying how to get one
+    m3 = manifest_from_dict(base_manifest(
+        inp, tmp_path, detect={"backend": "centerface"},
+        anonymize={"method": "private-encoder", "params": {"encoder": str(tmp_path / "none.pt")}},
+        latent={"backend": "mobilestylegan", "runtime": "openvino", "stats_samples": 500, "cache_dir": stats_dir},
+        licences={"accept_non_commercial": ["mobilestylegan", "private-encoder"]}))
+    with pytest.raises(FileNotFoundError, match=r"none\.pt: encoder file not found; run `make encoder`"):
+        model_fingerprints(m3)

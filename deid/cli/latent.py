@@ -55,12 +55,25 @@ def fit(
 @latent_app.command()
 def info(model: str = typer.Argument(..., help="model file (any fsspec URI) or builtin:NAME, e.g. builtin:eigenfaces"),
          json_out: bool = typer.Option(False, "--json", help="print the card as JSON only")) -> None:
-    """Print a latent model's card, fingerprint and bounds summary."""
+    """Print a latent model's (or an encoder file's) card, fingerprint and bounds summary."""
     from deid.latent.pca import PCALatentModel
 
     try:
         m = PCALatentModel.load(model)
     except (FileNotFoundError, ValueError) as exc:
+        if model.endswith(".pt"):  # an encoder of `deid latent fit-encoder`
+            from deid.latent.encoder import load_encoder
+
+            try:
+                enc = load_encoder(model)
+            except (FileNotFoundError, ValueError) as exc2:
+                typer.echo(f"error: {exc2}", err=True)
+                raise typer.Exit(2) from None
+            card = dict(enc.card, fingerprint=enc.fingerprint)
+            typer.echo(json.dumps(card, indent=2, sort_keys=True) if json_out else
+                       "\n".join([f"{model}: {card['name']} (encoder), fingerprint {enc.fingerprint}"] +
+                                  [f"  {k:28s} {json.dumps(card[k])}" for k in sorted(card)]))
+            return
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     card = dict(m.card, fingerprint=m.fingerprint, file_bytes=len(m.to_bytes()))
