@@ -63,7 +63,7 @@ install: $(STAMP) $(MFN) $(SCRFD)
 ENCODER := models/encoder-mobilestylegan.pt
 PUBLIC_REF ?= ../shared/data/lfw-public-ref
 ENCODER_ARGS ?= --pairs 320 --steps 600 --public $(PUBLIC_REF) --public-limit 64 --holdout 16 \
-	--beta 0 --finetune-steps 6 --finetune-batch 2 --seed 0 --max-minutes 60
+	--beta 0 --finetune-steps 6 --finetune-batch 2 --seed 0 --threads 1 --max-minutes 60
 $(ENCODER): | $(STAMP) $(MFN)
 	$(BIN)/deid latent fit-encoder --out $@ $(ENCODER_ARGS)
 encoder: $(ENCODER)

@@ -71,6 +71,7 @@ class FitOptions:
     w_reg: float = 0.01
     seed: int = 0
     device: str = "cpu"
+    threads: int = 0
     max_minutes: float | None = None
     checkpoint_every: int = 200
     checkpoint: str | None = None
@@ -83,7 +84,7 @@ class FitOptions:
         """What a checkpoint must agree on to be resumed (everything but time, progress, paths)."""
         d = {k: v for k, v in self.__dict__.items()
              if k not in ("max_minutes", "checkpoint", "resume", "command", "progress", "out", "checkpoint_every",
-                          "device", "cache_dir")}
+                          "device", "cache_dir", "threads")}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -468,6 +469,8 @@ def fit_encoder(opts: FitOptions, log: Callable[[str], None] = print) -> dict:
     t0 = time.monotonic()
     deadline = t0 + 60 * opts.max_minutes if opts.max_minutes else None
     torch.manual_seed(opts.seed)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     if opts.beta is not None and not 0.0 <= opts.beta <= 1.0:
         raise ValueError("--beta must be in [0, 1] (the target cosine similarity)")
     if opts.finetune_steps and not opts.public:
@@ -567,6 +570,7 @@ def fit_encoder(opts: FitOptions, log: Callable[[str], None] = print) -> dict:
         "command": opts.command,
         "seed": opts.seed,
         "device": opts.device,
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "licence": LICENCE,
         "not_dp": "an encoder is not a privacy mechanism: nothing about it is differentially private",

@@ -110,6 +110,7 @@ def fit_encoder_cmd(
     pixel_weight: float = typer.Option(1.0, "--pixel-weight", min=0.0, help="weight of the masked pixel MSE"),
     seed: int = typer.Option(0, "--seed", help="seed of the synthetic z and the batches (a fit, not a privacy mechanism)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default); 1 is much faster on a machine whose cores are shared"),
     max_minutes: float = typer.Option(None, "--max-minutes", min=0.0, help="stop after this long with a checkpoint (rerun with --resume)"),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", min=1, help="w steps between checkpoints (fine-tuning: every step)"),
     checkpoint: str = typer.Option(None, "--checkpoint", help="checkpoint file (default OUT.ckpt; removed when the fit ends)"),
@@ -135,7 +136,7 @@ def fit_encoder_cmd(
                       psi_min=psi_min, input_size=input_size, width=width, components=components, public=public,
                       public_limit=public_limit, holdout=holdout, beta=beta, finetune_steps=finetune_steps,
                       finetune_batch=finetune_batch, finetune_lr=finetune_lr, id_weight=id_weight,
-                      pixel_weight=pixel_weight, seed=seed, device=device, max_minutes=max_minutes,
+                      pixel_weight=pixel_weight, seed=seed, device=device, threads=threads, max_minutes=max_minutes,
                       checkpoint_every=checkpoint_every, checkpoint=checkpoint, resume=resume,
                       command=shlex.join(["deid", "latent", "fit-encoder", *sys.argv[sys.argv.index("fit-encoder") + 1:]]
                                          if "fit-encoder" in sys.argv else sys.argv),
