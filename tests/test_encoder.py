@@ -228,6 +228,7 @@ def test_evaluate_labels_the_fine_tuning_recognizer_not_independent(fitted, stat
     from deid.evaluate.core import _role
     from deid.evaluate.recognizers import DlibResNet
     from deid.latent.encoder import load_encoder, to_bytes
+    from deid.pipeline import RunError
     from deid.pipeline.fingerprints import model_fingerprints
 
     opts, _ = fitted
@@ -255,7 +256,7 @@ def test_evaluate_labels_the_fine_tuning_recognizer_not_independent(fitted, stat
         anonymize={"method": "private-encoder", "params": {"encoder": str(path), "beta": 0.5}},
         latent={"backend": "mobilestylegan", "runtime": "openvino", "stats_samples": 500, "cache_dir": stats_dir},
         licences={"accept_non_commercial": ["mobilestylegan", "private-encoder"]}))
-    with pytest.raises(ValueError, match=r"beta 0\.5: .*tuned\.pt was fitted with beta 0"):
+    with pytest.raises(RunError, match=r"beta 0\.5: .*tuned\.pt was fitted with beta 0"):
         model_fingerprints(m2)
     # a missing encoder stops the run before any record, saying how to get one
     m3 = manifest_from_dict(base_manifest(
@@ -263,5 +264,5 @@ def test_evaluate_labels_the_fine_tuning_recognizer_not_independent(fitted, stat
         anonymize={"method": "private-encoder", "params": {"encoder": str(tmp_path / "none.pt")}},
         latent={"backend": "mobilestylegan", "runtime": "openvino", "stats_samples": 500, "cache_dir": stats_dir},
         licences={"accept_non_commercial": ["mobilestylegan", "private-encoder"]}))
-    with pytest.raises(FileNotFoundError, match=r"none\.pt: encoder file not found; run `make encoder`"):
+    with pytest.raises(RunError, match=r"none\.pt: encoder file not found; run `make encoder`"):
         model_fingerprints(m3)

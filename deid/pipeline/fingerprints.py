@@ -17,6 +17,7 @@ from deid.anonymize.registry import METHODS, needs_latent
 from deid.config.schema import Manifest
 from deid.faces.models import dlib_model_path, file_sha256
 from deid.faces.registry import DETECTORS
+from deid.pipeline.errors import RunError
 from deid.plugins import ModelFile
 
 
@@ -61,8 +62,11 @@ def model_fingerprints(manifest: Manifest) -> list[dict]:
             out.append({"name": f"latent:{model.name}", "sha256": model.fingerprint})
     plugin = METHODS.get(manifest.anonymize.method)
     seen = {e["name"] for e in out}
-    out += [_entry(f) for f in plugin.files(manifest.anonymize.params) if f.name not in seen]
-    extra = getattr(importlib.import_module(plugin.module), "fingerprint_entries", None) if plugin.module else None
-    if extra is not None:
-        out += extra(plugin.validate(manifest.anonymize.params))
+    try:
+        out += [_entry(f) for f in plugin.files(manifest.anonymize.params) if f.name not in seen]
+        extra = getattr(importlib.import_module(plugin.module), "fingerprint_entries", None) if plugin.module else None
+        if extra is not None:
+            out += extra(plugin.validate(manifest.anonymize.params))
+    except (FileNotFoundError, ValueError) as exc:  # a method's own file missing or refused: nothing ran yet
+        raise RunError(str(exc)) from None
     return out
