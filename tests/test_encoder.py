@@ -63,7 +63,8 @@ def fitted(tmp_path_factory, stats_dir, gen, recognizer):
     opts = FitOptions(out=str(d / "enc.pt"), latent={"backend": "mobilestylegan", "runtime": "openvino",
                                                      "stats_samples": 500, "cache_dir": stats_dir},
                       pairs=16, steps=80, batch=16, input_size=64, width=8, components=16, public=str(PUBLIC),
-                      holdout=6, cache_dir=str(d / "cache"), progress=False, command="test_encoder fitted")
+                      holdout=6, cache_dir=str(d / "cache"), progress=False, command="test_encoder fitted",
+                      threads=1)  # one thread: torch's per-core threads spin on shared CI cores
     card = fit_encoder(opts)
     return opts, card
 

@@ -457,7 +457,18 @@ def _read_ckpt(uri: str, opts: FitOptions):
 # ------------------------------------------------------------------------ the fit
 def fit_encoder(opts: FitOptions, log: Callable[[str], None] = print) -> dict:
     """Fit and write an encoder (see the module docstring); returns its card. Stops at
-    ``max_minutes`` with a checkpoint (and raises :class:`TimeUp`); ``resume`` continues one."""
+    ``max_minutes`` with a checkpoint (and raises :class:`TimeUp`); ``resume`` continues one.
+    ``threads`` sets torch's CPU threads for the fit only (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return _fit(opts, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(opts: FitOptions, log: Callable[[str], None]) -> dict:
     import torch
 
     from deid.evaluate.recognizers import MobileFaceNetTorch
