@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.deid-installed
 
-.PHONY: install demo test bench bench-deps uap clean
+.PHONY: install demo test bench bench-deps uap encoder clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,17 @@ $(SCRFD): | $(STAMP)
 	rm -rf $(SCRFD_DL)
 
 install: $(STAMP) $(MFN) $(SCRFD)
+
+# The default encoder of the private-encoder method (deid latent fit-encoder, docs/latent.md):
+# synthetic pairs of the generator + lfw-public-ref (public), fixed seed; ~20 min on 2 CPU cores.
+# Its weights inherit MobileStyleGAN's NVIDIA Source Code License-NC (research only).
+ENCODER := models/encoder-mobilestylegan.pt
+PUBLIC_REF ?= ../shared/data/lfw-public-ref
+ENCODER_ARGS ?= --pairs 320 --steps 600 --public $(PUBLIC_REF) --public-limit 64 --holdout 16 \
+	--beta 0 --finetune-steps 6 --finetune-batch 2 --seed 0 --threads 1 --max-minutes 60
+$(ENCODER): | $(STAMP) $(MFN)
+	$(BIN)/deid latent fit-encoder --out $@ $(ENCODER_ARGS)
+encoder: $(ENCODER)
 
 demo: install
 	$(BIN)/deid run manifests/demo.yaml

@@ -91,6 +91,17 @@ def _eyes(face: Face) -> tuple[np.ndarray, np.ndarray]:
     return p[0], p[1]  # arcface5, blazeface5: the person's right eye (image left) first
 
 
+def mesh_points(mesher, rgb: np.ndarray, face: Face) -> np.ndarray | None:
+    """A face's 468 mesh points (image pixels): its own, or ``mesher``'s (the face mesh) run on
+    its box and eyes; None when the mesh is not found."""
+    if face.mesh is not None:
+        return np.asarray(face.mesh, dtype=np.float64)[:, :2]
+    le, re = _eyes(face)
+    kp = np.stack([le, re, le, re, le, re])
+    pts, presence = mesher.mesh(rgb, np.asarray(face.box, dtype=np.float64), kp)
+    return pts[:, :2] if np.isfinite(pts).all() else None
+
+
 class SyntheticSwap:
     name = "synthetic-swap"
     dp_scope = "none"
@@ -152,12 +163,7 @@ class SyntheticSwap:
     # ------------------------------------------------------------------ one face
     def mesh_of(self, rgb: np.ndarray, face: Face) -> np.ndarray | None:
         """The face's 468 mesh points (image pixels): its own, or the face mesh run on its box."""
-        if face.mesh is not None:
-            return np.asarray(face.mesh, dtype=np.float64)[:, :2]
-        le, re = _eyes(face)
-        kp = np.stack([le, re, le, re, le, re])
-        pts, presence = self.mesher.mesh(rgb, np.asarray(face.box, dtype=np.float64), kp)
-        return pts[:, :2] if np.isfinite(pts).all() else None
+        return mesh_points(self.mesher, rgb, face)
 
     def choose(self, points: np.ndarray, rng: np.random.Generator, key: str | None) -> int:
         if self.params.stable == "keyed" and key:
@@ -167,7 +173,7 @@ class SyntheticSwap:
 
     def __call__(self, rgb: np.ndarray, faces: list[Face], rng: np.random.Generator | None = None,
                  keys: list[str | None] | None = None) -> tuple[np.ndarray, list[FaceFacts]]:
-        from deid.anonymize.swap_ops import swap_face
+        from deid.anonymize.swap_ops import composite, swap_face
 
         rng = rng if rng is not None else np.random.default_rng()
         p = self.params
@@ -184,12 +190,7 @@ class SyntheticSwap:
             if res is None:
                 facts.append(FaceFacts(method=self.name, extra={"swapped": False}))
                 continue
-            (x0, y0, x1, y1), pixels, alpha = res
-            a = alpha[..., None]
-            win = out[y0:y1, x0:x1].astype(np.float32)
-            mixed = a * pixels.astype(np.float32) + (1.0 - a) * win
-            # pixels outside the region (alpha 0) keep their exact values
-            out[y0:y1, x0:x1] = np.where(a > 0, np.clip(np.rint(mixed), 0, 255), win).astype(np.uint8)
+            composite(out, res)
             facts.append(FaceFacts(method=self.name, extra={"stranger": p.stable, "swapped": True}))
         return out, facts
 

@@ -160,3 +160,13 @@ def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, strange
     inside = cv2.distanceTransform(region, cv2.DIST_L2, 5)
     alpha = np.clip(inside / feather_px, 0.0, 1.0).astype(np.float32) * region
     return (x0, y0, x1, y1), out, alpha
+
+
+def composite(out: np.ndarray, res: tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]) -> None:
+    """Blend :func:`swap_face`'s ``(window, pixels, alpha)`` into ``out`` in place; pixels
+    outside the region (alpha 0) keep their exact values."""
+    (x0, y0, x1, y1), pixels, alpha = res
+    a = alpha[..., None]
+    win = out[y0:y1, x0:x1].astype(np.float32)
+    mixed = a * pixels.astype(np.float32) + (1.0 - a) * win
+    out[y0:y1, x0:x1] = np.where(a > 0, np.clip(np.rint(mixed), 0, 255), win).astype(np.uint8)

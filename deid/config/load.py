@@ -140,12 +140,20 @@ def _plugin_path_fields(data: dict) -> list[tuple[str, str]]:
         name = sec.get("backend", default) if isinstance(sec, dict) else None
         if isinstance(name, str) and name in registry:
             out += [(section, f) for f in path_fields(registry.get(name).params)]
+    from deid.anonymize.registry import DEFAULT_METHOD, METHODS
+
+    sec = data.get("anonymize")
+    name = sec.get("method", DEFAULT_METHOD) if isinstance(sec, dict) else None
+    if isinstance(name, str) and name in METHODS:  # anonymize.params.<field>
+        out += [("anonymize.params", f) for f in path_fields(METHODS.get(name).params)]
     return out
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
     for section, key in _PATH_FIELDS + tuple(_plugin_path_fields(data)):
-        sec = data.get(section)
+        sec = data
+        for part in section.split("."):
+            sec = sec.get(part) if isinstance(sec, dict) else None
         if not isinstance(sec, dict):
             continue
         val = sec.get(key)

@@ -452,7 +452,7 @@ class Evaluator:
             "run_ids": runs,
             "recognizers": [{"name": r.name, "dim": r.dim, "distance": "euclidean",
                              "same_person_threshold": r.same_person_threshold, "used_by_checks": _checks(r),
-                             "role": "deid's own checks" if _checks(r) else "independent attacker",
+                             "role": _role(r, rows),
                              "sha256": r.fingerprint} for r in self.recognizers],
             "detectors": {"configured": configured, "second": second if second and second != "none" else None,
                           "iou_match": utility.IOU_MATCH},
@@ -599,6 +599,24 @@ def _code(exc: Exception) -> str:
     if isinstance(exc, ValueError):
         return "size_mismatch" if "original" in str(exc) else "bad_value"
     return type(exc).__name__
+
+
+#: the audit's fingerprint entry of a recognizer a run's method was fitted against
+#: (private-encoder: the identity term of its encoder's fine-tuning)
+FITTED_AGAINST = "private-encoder:identity-recognizer:"
+
+
+def _role(recognizer, rows: list[dict]) -> str:
+    """What a recognizer's attack says about the runs: deid's own checks, an independent
+    attacker, or not independent (a run's encoder was fine-tuned against this very network)."""
+    if _checks(recognizer):
+        return "deid's own checks"
+    fitted = {fp["sha256"] for r in rows for fp in (r["model_fingerprints"] or [])
+              if str(fp["name"]).startswith(FITTED_AGAINST)}
+    if getattr(recognizer, "fingerprint", None) in fitted:
+        return ("not independent: the run's encoder was fine-tuned against this recognizer "
+                "(dlib-resnet128 is the independent attacker of such a run)")
+    return "independent attacker"
 
 
 def _configured_detector(rows: list[dict], manifest=None) -> str:
