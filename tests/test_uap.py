@@ -16,6 +16,7 @@ from tests.conftest import REPO, lfw_images
 torch = pytest.importorskip("torch")
 
 from deid.anonymize import uap
+from deid.evaluate import uap_fit
 
 PUBLIC = REPO / "tests" / "fixtures" / "lfw-public-ref"
 
@@ -31,8 +32,8 @@ def net():
 def heldout():
     """Aligned crops of the lfw-eval fixture and the bundled LFW samples: people of lfw-dev,
     none of them in lfw-public-ref (the fit set)."""
-    a, _ = uap.public_crops(str(REPO / "tests" / "fixtures" / "lfw-eval"), 40)
-    b, _ = uap.public_crops(str(REPO / "manifests" / "samples" / "lfw"), 40)
+    a, _ = uap_fit.public_crops(str(REPO / "tests" / "fixtures" / "lfw-eval"), 40)
+    b, _ = uap_fit.public_crops(str(REPO / "manifests" / "samples" / "lfw"), 40)
     return np.concatenate([a, b])
 
 
@@ -40,7 +41,7 @@ def heldout():
 def small_fit(tmp_path_factory):
     """A short fit on the public fixture (the card, the file, the bound); the effect is tested
     on the shipped perturbation, fitted with the make target's settings."""
-    u = uap.fit_public(str(PUBLIC), n=16, holdout=0.25, xi=8.0, epochs=1, inner_steps=1, seed=3, command="test")
+    u = uap_fit.fit_public(str(PUBLIC), n=16, holdout=0.25, xi=8.0, epochs=1, inner_steps=1, seed=3, command="test")
     path = tmp_path_factory.mktemp("uap") / "u.npz"
     u.save(str(path))
     return u, path

@@ -31,7 +31,7 @@ def fit(
     """Fit a universal perturbation against MobileFaceNet on public faces; write one file with its card."""
     from tqdm import tqdm
 
-    from deid.anonymize.uap import fit_public
+    from deid.evaluate.uap_fit import fit_public
 
     bars: dict = {}
 
