@@ -91,6 +91,18 @@ def _eyes(face: Face) -> tuple[np.ndarray, np.ndarray]:
     return p[0], p[1]  # arcface5, blazeface5: the person's right eye (image left) first
 
 
+def face_mesh(mesher: Any, rgb: np.ndarray, face: Face) -> np.ndarray | None:
+    """The face's 468 mesh points (image pixels): its own, or ``mesher``'s (a
+    :class:`deid.faces.facemesh_backend.FaceMeshDetector`) run on its box; None when the mesh
+    comes back invalid."""
+    if face.mesh is not None:
+        return np.asarray(face.mesh, dtype=np.float64)[:, :2]
+    le, re = _eyes(face)
+    kp = np.stack([le, re, le, re, le, re])
+    pts, presence = mesher.mesh(rgb, np.asarray(face.box, dtype=np.float64), kp)
+    return pts[:, :2] if np.isfinite(pts).all() else None
+
+
 class SyntheticSwap:
     name = "synthetic-swap"
     dp_scope = "none"
@@ -152,12 +164,7 @@ class SyntheticSwap:
     # ------------------------------------------------------------------ one face
     def mesh_of(self, rgb: np.ndarray, face: Face) -> np.ndarray | None:
         """The face's 468 mesh points (image pixels): its own, or the face mesh run on its box."""
-        if face.mesh is not None:
-            return np.asarray(face.mesh, dtype=np.float64)[:, :2]
-        le, re = _eyes(face)
-        kp = np.stack([le, re, le, re, le, re])
-        pts, presence = self.mesher.mesh(rgb, np.asarray(face.box, dtype=np.float64), kp)
-        return pts[:, :2] if np.isfinite(pts).all() else None
+        return face_mesh(self.mesher, rgb, face)
 
     def choose(self, points: np.ndarray, rng: np.random.Generator, key: str | None) -> int:
         if self.params.stable == "keyed" and key:
