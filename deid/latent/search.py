@@ -101,6 +101,7 @@ class _Spent(Exception):
 
 def invert(model, crops: np.ndarray, *, steps: int, optimizer: str = "lbfgs", lr: float | None = None,
            init: np.ndarray | None = None, loss_size: int = 256, feather: float = 0.06, reg: float = 1e-3,
+           first_step: float = 0.03,
            device: Any = "auto", batch: int = 4,
            progress: Callable[[int], Any] | None = None) -> SearchResult:
     """Search the w+ of each crop (see the module docstring)."""
@@ -152,14 +153,21 @@ def invert(model, crops: np.ndarray, *, steps: int, optimizer: str = "lbfgs", lr
         count = [0]
         best: list = [None, None]  # the lowest total loss evaluated, and its point
 
+        memo: list = [None, None, None]  # the last point evaluated, its total loss and gradient
+
         def closure():
+            if memo[0] is not None and torch.equal(memo[0], flat.detach()):
+                flat.grad = memo[2].clone()  # the same point again (a new L-BFGS call re-reads it): free
+                return memo[1]
             if count[0] >= steps:  # the budget is exact: no pass beyond it (the line search stops here)
                 raise _Spent
             opt.zero_grad(set_to_none=True)
             per = losses(u, tgt)
             per.sum().backward()
+            memo[0], memo[1], memo[2] = flat.detach().clone(), per.sum().detach(), flat.grad.detach().clone()
             count[0] += 1
             vals = per.detach().double().cpu().numpy()
+            log.debug("latent search: pass %d, loss %s", count[0], vals)
             if count[0] == 1:
                 first[sl] = vals
             if best[0] is None or vals.sum() < best[0].sum():
@@ -170,8 +178,15 @@ def invert(model, crops: np.ndarray, *, steps: int, optimizer: str = "lbfgs", lr
 
         try:
             if optimizer == "lbfgs":
-                opt = torch.optim.LBFGS([flat], lr=lr, max_iter=steps, max_eval=steps + 1, history_size=10,
-                                        line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+                # PyTorch's first L-BFGS step is lr / |g|_1 along -g: over ~12k coordinates a
+                # negligible move that wastes a few-pass budget. The first iteration gets
+                # lr = first_step x (coordinates), about first_step public stds per coordinate (the
+                # line search corrects it); then lr as given, with the history kept.
+                opt = torch.optim.LBFGS([flat], lr=first_step * flat.numel(), max_iter=1, max_eval=steps + 1,
+                                        history_size=10, line_search_fn="strong_wolfe", tolerance_grad=1e-9,
+                                        tolerance_change=1e-12)
+                opt.step(closure)
+                opt.param_groups[0].update(lr=lr, max_iter=steps)
                 opt.step(closure)
             else:
                 opt = torch.optim.Adam([flat], lr=lr)
