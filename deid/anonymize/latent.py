@@ -146,7 +146,8 @@ class _LatentMethod:
         self.generator = hasattr(self.model, "decode_ws")
         p = self.params
         if not self.generator:
-            given = sorted(set(GENERATOR_FIELDS) & p.model_fields_set)
+            # a manifest hands over every field with its default: refuse the ones set to anything else
+            given = [k for k in GENERATOR_FIELDS if getattr(p, k) != type(p).model_fields[k].default]
             if given:
                 raise ValueError(f"anonymize.params.{given[0]}: applies to a generator latent model only "
                                  f"(latent.backend mobilestylegan); {self.model.name} is a codec: remove "
