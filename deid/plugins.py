@@ -66,7 +66,7 @@ class Needs:
     * ``landmarks``: detectors: the landmark layout of the faces they return (``dlib5``,
       ``arcface5``, ...); latent models: the layout they align on; methods: ``None``.
     * ``latent``: methods: the latent model kind they need (``any``: one that encodes and
-      decodes; ``generator``), else ``None``; latent models: the kind they are (``None`` or
+      decodes; ``generator``; ``codec|generator``: either), else ``None``; latent models: the kind they are (``None`` or
       ``codec``: encode and decode; ``generator``: draws faces, no encoder;
       ``generator+codec``). :func:`deid.latent.registry.latent_mismatch` checks a pair.
     * ``dp``: methods: every release is charged to the per-subject privacy ledger.

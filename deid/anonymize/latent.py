@@ -16,6 +16,23 @@ outside it (background, hair outside the oval, undetected faces) is not protecte
 DeepBlur (``dp_scope = none``): a Gaussian low-pass of the standardised code along the
 latent layout (component index); ``sigma`` -> infinity gives the public average face.
 It is not differentially private.
+
+Over a generator (``latent.backend`` of kind ``generator``, e.g. mobilestylegan) both methods
+take the generator path (docs/latent.md):
+
+1. the face is aligned to the generator's FFHQ crop and its w+ is found by latent search
+   (:mod:`deid.latent.search`: L-BFGS from the public mean w, or from ``encoder``'s w+, for
+   ``search_steps`` forward+backward passes);
+2. DeepBlur: a 2-D Gaussian low-pass (``sigma``, in layers and dimensions) of the standardised
+   w+ ``(w+ - mean) / std`` with zero (the mean) outside, as in the paper's filter over omega.
+   DP-Image: the layers' average w, its coordinates on the PUBLIC principal axes of w (mapped
+   samples of the generator: :meth:`GeneratorModel.pca_bounds`), clipped to those axes' public
+   quantile bounds, calibrated noise on the leading ``noise_dims`` coordinates (the same
+   :class:`LatentMechanism` and post-processing as above), the other coordinates the public
+   mean, decoded as that w on every layer;
+3. the decoded face is drawn back through the alignment and blended with synthetic-swap's seam
+   (:func:`deid.anonymize.swap_ops.blend_region`): the face mesh's region, Lab colour match,
+   soft edge inside the region; a face without a valid mesh gets the generator's face oval.
 """
 
 from __future__ import annotations
@@ -31,7 +48,14 @@ from deid.faces.align import align
 from deid.faces.types import Face
 from deid.facts import FaceFacts
 from deid.latent import LatentModel, load_latent_model, paste_back
-from deid.plugins import Licence, Needs, Plugin
+from deid.latent.search import DEFAULT_STEPS
+from deid.plugins import Licence, Needs, Plugin, path_field
+
+#: params of the generator path only (a codec latent model refuses them when set)
+GENERATOR_FIELDS = ("encoder", "search_steps", "search_optimizer", "search_device", "keep_forehead", "blend",
+                    "blend_feather", "colour_match")
+#: DeepBlur's sigma when the params give none
+DEFAULT_SIGMA = {"codec": 4.0, "generator": 1.0}
 
 
 class _LatentParams(BaseModel):
@@ -42,6 +66,26 @@ class _LatentParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     feather: float = Field(0.06, ge=0.0, le=0.5, description="soft edge of the face oval, fraction of the crop")
+    # the generator path (latent.backend a generator); refused with a codec latent model
+    encoder: str | None = path_field(
+        None, description="generator latent only: an encoder (deid.latent.encoder) whose w+ starts the latent "
+        "search; null: the search starts from the public mean w")
+    search_steps: int | None = Field(
+        None, ge=0, le=10_000, description="generator latent only: forward+backward passes of the latent search "
+        f"per face (0: the start as it is); null: {DEFAULT_STEPS['cpu']} on the CPU (~3.5 s each per face), "
+        f"{DEFAULT_STEPS['cuda']} on CUDA")
+    search_optimizer: Literal["lbfgs", "adam"] = Field(
+        "lbfgs", description="generator latent only: lbfgs (the paper's; one face at a time) or adam (batched)")
+    search_device: str = Field("auto", description="generator latent only: auto | cpu | cuda | cuda:N (auto: CUDA "
+                               "when the actor holds a GPU)")
+    keep_forehead: bool = Field(False, description="generator latent only: true: the region is jaw line to brows; "
+                                "false: the whole face oval (synthetic-swap's region)")
+    blend: Literal["feather", "poisson"] = Field("feather", description="generator latent only: soft edge inside the "
+                                                 "region, or Poisson blending")
+    blend_feather: float = Field(0.2, ge=0.0, le=1.0, description="generator latent only: soft edge width inside the "
+                                 "region, x the eye distance")
+    colour_match: bool = Field(True, description="generator latent only: match the region's Lab mean and contrast to "
+                               "the original's (those 6 numbers pass unprotected: docs/privacy.md)")
 
 
 class DPImageParams(_LatentParams):
@@ -80,7 +124,9 @@ class DPImageParams(_LatentParams):
 class DeepBlurParams(_LatentParams):
     """DeepBlur: Gaussian low-pass of the (standardised) latent along its layout. Not DP."""
 
-    sigma: float = Field(4.0, gt=0.0, le=1e6, description="width of the low-pass, in latent dimensions")
+    sigma: float | None = Field(None, gt=0.0, le=1e6, description="width of the low-pass, in latent dimensions "
+                                "(a generator: in w+ layers and dimensions); null: 4 (codec), 1 (generator: the "
+                                "paper's strongest)")
 
 #: grid points per dimension for the exact posterior over the (bounded) public prior
 _GRID = 257
@@ -96,6 +142,103 @@ class _LatentMethod:
         self.params = self.params_model.model_validate(params or {})
         self.model = model if isinstance(model, LatentModel) else load_latent_model(model)
         self._mask = self.model.mask(self.params.feather)
+        #: the generator path (see the module docstring)
+        self.generator = hasattr(self.model, "decode_ws")
+        p = self.params
+        if not self.generator:
+            # a manifest hands over every field with its default: refuse the ones set to anything else
+            given = [k for k in GENERATOR_FIELDS if getattr(p, k) != type(p).model_fields[k].default]
+            if given:
+                raise ValueError(f"anonymize.params.{given[0]}: applies to a generator latent model only "
+                                 f"(latent.backend mobilestylegan); {self.model.name} is a codec: remove "
+                                 f"{', '.join(given)}")
+            return
+        from deid.latent.search import default_steps, search_device
+
+        self.search_device = search_device(p.search_device)
+        self.search_steps = default_steps(self.search_device) if p.search_steps is None else p.search_steps
+        self._encoder = None
+        self._mesher = None
+
+    @property
+    def audit_params(self) -> dict | None:
+        """The params as this run resolved them, for the audit's ``params_json`` on the generator
+        path (the search steps and device a manifest may leave to the machine, DeepBlur's sigma);
+        None on a codec (the audit records the manifest's params as they are)."""
+        if not self.generator:
+            return None
+        out = self.params.model_dump(mode="json")
+        out.update(search_steps=self.search_steps, search_device=str(self.search_device))
+        return out
+
+    # ------------------------------------------------------------------ the generator path
+    def encoder(self):
+        if self._encoder is None and self.params.encoder is not None:
+            from deid.latent.encoder import load_encoder  # another module's contract: loaded only when named
+
+            enc = load_encoder(self.params.encoder, device=str(self.search_device))
+            gfp = getattr(enc, "generator_fingerprint", None)
+            if gfp not in (self.model.weights_fingerprint, self.model.fingerprint):
+                raise ValueError(f"anonymize.params.encoder: {self.params.encoder} was trained for another generator "
+                                 f"(its generator fingerprint {str(gfp)[:12]} is not {self.model.name}'s); use an "
+                                 "encoder of this generator or none")
+            self._encoder = enc
+        return self._encoder
+
+    def search(self, crops: np.ndarray) -> np.ndarray:
+        """w+ ``[n, num_ws, w_dim]`` of aligned generator crops: the encoder's (if any), refined by
+        ``search_steps`` passes of latent search."""
+        from deid.latent.search import invert
+
+        p = self.params
+        enc = self.encoder()
+        init = None if enc is None else np.asarray(enc.encode(crops), dtype=np.float32)
+        res = invert(self.model, crops, steps=self.search_steps, optimizer=p.search_optimizer, init=init,
+                     feather=p.feather, device=self.search_device, batch=self.model.batch_size)
+        return res.ws
+
+    def mesher(self):
+        if self._mesher is None:
+            from deid.faces.facemesh_backend import FaceMeshDetector
+
+            self._mesher = FaceMeshDetector()
+        return self._mesher
+
+    def paste(self, out: np.ndarray, rgb: np.ndarray, face: Face, crop: np.ndarray, mat: np.ndarray) -> str:
+        """Blend the decoded ``crop`` into ``out`` over ``face`` (synthetic-swap's seam); returns
+        the region used: ``mesh``, or ``oval`` when the face has no valid mesh."""
+        from deid.anonymize.swap import mesh_points
+        from deid.anonymize.swap_ops import blend_region, warp_similarity
+
+        p = self.params
+        pts = mesh_points(self.mesher(), rgb, face)
+        res = None if pts is None else blend_region(
+            rgb, pts, lambda win: warp_similarity(crop, mat, win), keep_forehead=p.keep_forehead,
+            feather=p.blend_feather, poisson=p.blend == "poisson", colour=p.colour_match)
+        if res is None:
+            paste_back(out, crop, mat, self._mask, inplace=True)
+            return "oval"
+        (x0, y0, x1, y1), pixels, alpha = res
+        a = alpha[..., None]
+        win = out[y0:y1, x0:x1].astype(np.float32)
+        mixed = a * pixels.astype(np.float32) + (1.0 - a) * win
+        out[y0:y1, x0:x1] = np.where(a > 0, np.clip(np.rint(mixed), 0, 255), win).astype(np.uint8)
+        return "mesh"
+
+    def edit_ws(self, ws: np.ndarray, rng) -> tuple[np.ndarray, list[FaceFacts]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _generator_call(self, rgb: np.ndarray, faces: list[Face], rng):
+        m = self.model
+        aligned = [m.align(rgb, f) for f in faces]
+        crops = np.stack([c for c, _ in aligned])
+        ws_new, facts = self.edit_ws(self.search(crops), rng)
+        decoded = m.decode_ws(ws_new)
+        out = np.array(rgb, copy=True)
+        regions = [self.paste(out, rgb, f, crop, mat) for f, crop, (_, mat) in zip(faces, decoded, aligned)]
+        facts = [FaceFacts(method=f.method, scope=f.scope, dp=f.dp, test_mode=f.test_mode,
+                           extra={**dict(f.extra), "region": r}) for f, r in zip(facts, regions)]
+        return out, facts
 
     def crops(self, rgb: np.ndarray, faces: list[Face]) -> tuple[np.ndarray, list[np.ndarray]]:
         m = self.model
@@ -120,6 +263,8 @@ class _LatentMethod:
     def __call__(self, rgb: np.ndarray, faces: list[Face], rng: np.random.Generator | None = None):
         if not faces:
             return np.array(rgb, copy=True), []
+        if self.generator:
+            return self._generator_call(rgb, faces, rng)
         crops, mats = self.crops(rgb, faces)
         z = self.model.encode(crops)
         z_new, facts = self.edit(z, rng)
@@ -135,13 +280,33 @@ class DeepBlur(_LatentMethod):
     dp_scope = "none"
     params_model = DeepBlurParams
 
+    @property
+    def sigma(self) -> float:
+        s = self.params.sigma
+        return DEFAULT_SIGMA["generator" if self.generator else "codec"] if s is None else s
+
+    @property
+    def audit_params(self) -> dict | None:
+        out = super().audit_params
+        return None if out is None else {**out, "sigma": self.sigma}
+
     def edit(self, z: np.ndarray, rng=None):
         from scipy.ndimage import gaussian_filter1d
 
         m = self.model
         u = (z - m.mean) / m.std
-        u = gaussian_filter1d(u, sigma=self.params.sigma, axis=1, mode="constant", cval=0.0, truncate=4.0)
+        u = gaussian_filter1d(u, sigma=self.sigma, axis=1, mode="constant", cval=0.0, truncate=4.0)
         return m.mean + m.std * u, [FaceFacts(method=self.name, scope="none") for _ in range(len(z))]
+
+    def edit_ws(self, ws: np.ndarray, rng=None):
+        """The paper's 2-D Gaussian over omega = w+ ``[layers, dims]``, standardised by the public
+        statistics, zero (the public mean) beyond its edges: sigma -> infinity, the average face."""
+        from scipy.ndimage import gaussian_filter
+
+        m = self.model
+        u = (np.asarray(ws, dtype=np.float64) - m.mean) / m.std
+        u = gaussian_filter(u, sigma=(0.0, self.sigma, self.sigma), mode="constant", cval=0.0, truncate=4.0)
+        return m.mean + m.std * u, [FaceFacts(method=self.name, scope="none") for _ in range(len(ws))]
 
 
 class DPImage(_LatentMethod):
@@ -152,11 +317,16 @@ class DPImage(_LatentMethod):
         super().__init__(params, model)
         from deid.privacy.mechanisms import LatentMechanism
 
-        p, m = self.params, self.model
+        p = self.params
+        #: where the noise goes: the codec's own latent, or a generator's public principal axes of w
+        m = self.space = _PublicAxes(self.model) if self.generator else self.model
         dims = None
         if p.noise_dims is not None:
             if p.noise_dims > m.dim:
                 raise ValueError(f"noise_dims={p.noise_dims} exceeds the latent model's {m.dim} dimensions")
+            if self.generator and p.noise_dims > self.model.stats.samples - 1:
+                raise ValueError(f"noise_dims={p.noise_dims}: the public statistics of {self.model.name} span "
+                                 f"{self.model.stats.samples - 1} axes (latent.stats_samples); noise fewer")
             dims = np.zeros(m.dim, dtype=bool)
             dims[: p.noise_dims] = True
         self.mechanism = LatentMechanism(m.lower, m.upper, mechanism=p.mechanism, epsilon=p.epsilon, delta=p.delta,
@@ -200,6 +370,13 @@ class DPImage(_LatentMethod):
             out[k] = g[np.arange(len(g)), idx]
         return out
 
+    def edit_ws(self, ws: np.ndarray, rng=None):
+        """w+ -> the layers' average w -> its public-axes coordinates -> :meth:`edit` (clip, noise,
+        post-process) -> w -> w+ (the same w on every layer)."""
+        space = self.space
+        z_new, facts = self.edit(space.coordinates(ws), rng)
+        return self.model.broadcast(space.w(z_new)), facts
+
     def edit(self, z: np.ndarray, rng=None):
         out, facts = [], []
         seed = self.params.test_seed
@@ -215,6 +392,34 @@ class DPImage(_LatentMethod):
         return np.stack(out), facts
 
 
+class _PublicAxes:
+    """A generator's w on its PUBLIC principal axes (:class:`deid.latent.generator.WStats`): the
+    coordinates ``(w - mean) @ components.T``, their bounds the public quantiles of the mapped
+    samples' coordinates (:meth:`GeneratorModel.pca_bounds`), mean 0 and std the components' std
+    (the prior the post-processing projects onto). Nothing of any record enters these numbers."""
+
+    def __init__(self, model):
+        st = model.stats
+        self.stats = st
+        self.w_lower, self.w_upper = model.lower, model.upper
+        self.dim = int(model.w_dim)
+        self.lower, self.upper = model.pca_bounds()
+        self.mean = np.zeros(self.dim)
+        self.std = np.maximum(st.component_std, 1e-12)
+
+    def coordinates(self, ws: np.ndarray) -> np.ndarray:
+        """``[n, w_dim]``: the coordinates of the layers' average w of each w+ ``[n, L, w_dim]``,
+        after clipping it to the public bounds of w (a search's w+ already is: this makes the map
+        total, any finite or infinite input giving finite coordinates)."""
+        ws = np.asarray(ws, dtype=np.float64)
+        if np.isnan(ws).any():
+            raise ValueError("w+ must not contain NaN")
+        return self.stats.to_pca(np.clip(ws, self.w_lower, self.w_upper).mean(axis=1))
+
+    def w(self, c: np.ndarray) -> np.ndarray:
+        return self.stats.from_pca(c)
+
+
 def _latent_method(cls):
     return lambda params, latent=None: cls(params, latent)
 
@@ -222,12 +427,13 @@ def _latent_method(cls):
 METHODS.register(Plugin(
     kind="method", name="deepblur", params=DeepBlurParams, factory=_latent_method(DeepBlur),
     summary="DeepBlur (papers/deepblur.txt): Gaussian low-pass of the face's latent code, decoded and pasted "
-            "through the face oval; not DP",
-    licence=Licence(code="Apache-2.0 (deid)"), needs=Needs(latent="any"), module=__name__,
+            "through the face oval (a generator: latent search for w+, 2-D low-pass, synthetic-swap's seam); not DP",
+    licence=Licence(code="Apache-2.0 (deid)"), needs=Needs(latent="codec|generator"), module=__name__,
 ))
 METHODS.register(Plugin(
     kind="method", name="dp-image", params=DPImageParams, factory=_latent_method(DPImage),
     summary="DP-Image (papers/dp-image.txt): latent clipped to public bounds, calibrated Laplace/Gaussian noise "
-            "(OpenDP sampler), projected onto the public prior, decoded; every face charged to the ledger",
-    licence=Licence(code="Apache-2.0 (deid)"), needs=Needs(latent="any", dp=True), module=__name__,
+            "(OpenDP sampler), projected onto the public prior, decoded (a generator: latent search, noise on the "
+            "public principal axes of w, synthetic-swap's seam); every face charged to the ledger",
+    licence=Licence(code="Apache-2.0 (deid)"), needs=Needs(latent="codec|generator", dp=True), module=__name__,
 ))

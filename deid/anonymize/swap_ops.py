@@ -116,6 +116,41 @@ def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, strange
     of the original's face shape the stranger takes: 1, warped exactly onto the original's mesh;
     0, the stranger's own mesh placed on the original's by a similarity fit (pose and position
     from the original, face shape from the stranger); between, the blend of the two."""
+    target = np.asarray(points, dtype=np.float64)[:, :2]
+    if shape < 1.0:
+        src = np.asarray(stranger_pts, dtype=np.float64)[:, :2]
+        sim, _ = cv2.estimateAffinePartial2D(src.astype(np.float32), target.astype(np.float32), method=cv2.LMEDS)
+        if sim is not None:
+            placed = src @ sim[:, :2].T + sim[:, 2]
+            target = shape * target + (1.0 - shape) * placed
+    return blend_region(rgb, points, lambda win: warp_piecewise(stranger, stranger_pts, target, tris, win),
+                        keep_forehead=keep_forehead, feather=feather, poisson=poisson, colour=colour)
+
+
+def warp_similarity(src_img: np.ndarray, m: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """``src_img`` (a crop whose frame the 2x3 image -> crop matrix ``m`` defines, e.g. a latent
+    model's aligned face) drawn back into ``window`` = ``(x0, y0, x1, y1)`` of the image."""
+    x0, y0, x1, y1 = window
+    mw = np.array(m, dtype=np.float64, copy=True)
+    shrink = float(np.sqrt(abs(np.linalg.det(mw[:, :2]))))  # crop pixels per image pixel
+    if shrink > 1.5:  # area-downsample first: a bilinear warp of a large crop onto a small face aliases
+        size = max(8, int(round(src_img.shape[0] / shrink)))
+        f = size / src_img.shape[0]
+        src_img = cv2.resize(src_img, (size, size), interpolation=cv2.INTER_AREA)
+        mw = mw * f
+    mw[:, 2] += mw[:, :2] @ np.array([x0, y0], dtype=np.float64)  # window coords -> crop
+    return cv2.warpAffine(src_img, mw, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT)
+
+
+def blend_region(rgb: np.ndarray, points: np.ndarray, render, keep_forehead: bool = True, feather: float = 0.08,
+                 poisson: bool = True, colour: bool = True) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """The seam of :func:`swap_face` for any source: ``render(window)`` gives the new face's
+    pixels in ``window`` = ``(x0, y0, x1, y1)`` of ``rgb``; they are colour-matched in Lab inside
+    the mesh's face region (``colour``), Poisson-blended (``poisson``) and given the alpha that
+    is 1 inside the region, ramps to 0 over ``feather`` x the eye distance inside its edge and
+    is 0 outside it. Returns ``(window, pixels, alpha)``, or None when the region is empty in
+    the image."""
     h, w = rgb.shape[:2]
     poly = region_polygon(points, keep_forehead)
     pad = 3
@@ -129,14 +164,7 @@ def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, strange
     if region.sum() < 16:
         return None
     orig = rgb[y0:y1, x0:x1]
-    target = np.asarray(points, dtype=np.float64)[:, :2]
-    if shape < 1.0:
-        src = np.asarray(stranger_pts, dtype=np.float64)[:, :2]
-        sim, _ = cv2.estimateAffinePartial2D(src.astype(np.float32), target.astype(np.float32), method=cv2.LMEDS)
-        if sim is not None:
-            placed = src @ sim[:, :2].T + sim[:, 2]
-            target = shape * target + (1.0 - shape) * placed
-    warped = warp_piecewise(stranger, stranger_pts, target, tris, (x0, y0, x1, y1))
+    warped = render((x0, y0, x1, y1))
     core = cv2.erode(region, np.ones((3, 3), np.uint8))
     if colour:
         warped = match_colour(warped, orig, core)

@@ -192,12 +192,14 @@ class GeneratorModel(LatentModel):
     def __init__(self, generator: Any, *, name: str, backend: str, weights_fingerprint: str,
                  card: dict[str, Any] | None = None, crop_size: int | None = None, align_scale: float = 1.0,
                  stats_samples: int = 10000, stats_seed: int = 0, quantile: float = 0.005,
-                 cache_dir: str | os.PathLike | None = None, batch_size: int = 4):
+                 cache_dir: str | os.PathLike | None = None, batch_size: int = 4, torch_factory=None):
         for attr in ("z_dim", "w_dim", "num_ws", "resolution", "mapping", "synthesis"):
             if not hasattr(generator, attr):
                 raise TypeError(f"{name}: the generator has no {attr!r} (needs z_dim, w_dim, num_ws, resolution, "
                                 "mapping(z), synthesis(ws))")
         self.generator = generator
+        self._torch_factory = torch_factory
+        self._differentiable: dict[str, Any] = {}
         self.name, self.backend = name, backend
         self.z_dim, self.w_dim = int(generator.z_dim), int(generator.w_dim)
         self.num_ws, self.resolution = int(generator.num_ws), int(generator.resolution)
@@ -254,6 +256,44 @@ class GeneratorModel(LatentModel):
         """uint8 faces ``[n, crop_size, crop_size, 3]`` of ``w`` ``[n, w_dim]`` (on every layer)."""
         w = self.check_codes(z)
         return self.decode_ws(self.broadcast(w))
+
+    def pca_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)`` float64 ``[w_dim]``: the ``quantile`` / ``1 - quantile`` quantiles of
+        the coordinates of the public mapped samples on the principal axes (:meth:`WStats.to_pca`):
+        the same samples as the statistics (seed, count), so public by construction. Cached
+        beside the statistics (``...-pca-q<quantile>.npz``) so that every process on a machine
+        gets the same numbers bit for bit (a DP release's sensitivity is computed from them)."""
+        if getattr(self, "_pca_bounds", None) is not None:
+            return self._pca_bounds
+        st = self.stats
+        base = Path(self._card["w_stats"]["cache"])
+        path = base.with_name(f"{base.stem}-pca-q{st.quantile:g}.npz")
+        lo = hi = None
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if str(z["weights_fingerprint"]) == self.weights_fingerprint:
+                        lo, hi = np.asarray(z["lower"], np.float64), np.asarray(z["upper"], np.float64)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("%s: unreadable generator PCA bounds (%s); recomputing", path, exc)
+        if lo is None:
+            z = np.random.default_rng(st.seed).standard_normal((st.samples, self.z_dim)).astype(np.float32)
+            c = st.to_pca(np.concatenate([self.map(z[a:a + 1000]) for a in range(0, st.samples, 1000)]))
+            lo, hi = np.quantile(c, st.quantile, axis=0), np.quantile(c, 1 - st.quantile, axis=0)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:
+                    np.savez(f, lower=lo, upper=hi, weights_fingerprint=np.str_(self.weights_fingerprint))
+                os.replace(tmp, path)
+            except OSError as exc:
+                warnings.warn(f"generator PCA bounds not cached ({path}: {exc})", stacklevel=2)
+        # axes the samples do not span (fewer samples than w_dim): a nominal width, so that the
+        # bounds stay valid; only noised axes enter a sensitivity, and those are the leading ones
+        flat = ~(hi - lo > 1e-9)
+        lo, hi = np.where(flat, lo - 1e-9, lo), np.where(flat, hi + 1e-9, hi)
+        self._pca_bounds = (lo, hi)
+        return self._pca_bounds
 
     # -- the generator
     def broadcast(self, w: np.ndarray) -> np.ndarray:
@@ -340,3 +380,29 @@ class GeneratorModel(LatentModel):
         """The backend object (for gradients: a ``torch.nn.Module`` whose ``synthesis`` keeps
         the autograd graph; check ``getattr(model.torch_generator(), "differentiable", False)``)."""
         return self.generator
+
+    def differentiable(self, device: Any = "cpu"):
+        """A generator whose ``synthesis`` keeps the autograd graph, on ``device``: the backend
+        object itself when it is one and already there, else the backend's PyTorch port
+        (``torch_factory(device)``, built once per device and kept). Latent search
+        (:mod:`deid.latent.search`) runs on it; decoding stays on the backend object."""
+        import torch
+
+        dev = torch.device(device)
+        key = str(dev)
+        if key in self._differentiable:
+            return self._differentiable[key]
+        gen = self.generator
+        if getattr(gen, "differentiable", False) and _device_of(gen) == dev:
+            out = gen
+        elif self._torch_factory is not None:
+            out = self._torch_factory(key)
+        elif getattr(gen, "differentiable", False) and isinstance(gen, torch.nn.Module):
+            out = gen.to(dev)
+        else:
+            raise ValueError(f"{self.name}: no differentiable generator (its backend gives no PyTorch port); "
+                             "latent search needs gradients through the synthesis network")
+        for prm in getattr(out, "parameters", lambda: [])():
+            prm.requires_grad_(False)
+        self._differentiable[key] = out
+        return out

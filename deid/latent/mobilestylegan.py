@@ -264,7 +264,8 @@ def load(p: MobileStyleGANParams):
                       "high-fidelity image synthesis; distilled from StyleGAN2-FFHQ (Karras et al. 2020)"}
     return GeneratorModel(gen, name=NAME, backend=NAME, weights_fingerprint=weights_fingerprint(shas), card=card,
                           crop_size=p.crop_size, align_scale=p.align_scale, stats_samples=p.stats_samples,
-                          stats_seed=p.stats_seed, cache_dir=p.cache_dir, batch_size=p.batch_size)
+                          stats_seed=p.stats_seed, cache_dir=p.cache_dir, batch_size=p.batch_size,
+                          torch_factory=lambda dev: torch_generator(paths, dev))
 
 
 def _files(p: MobileStyleGANParams) -> list[ModelFile]:

@@ -11,7 +11,8 @@ Kinds. A latent plug-in's ``needs.latent`` says what kind of latent model it is:
 ``generator`` (it draws faces from w and has no encoder: :mod:`deid.latent.generator`;
 mobilestylegan), or both joined by ``+`` (``generator+codec``: a generator with an encoder).
 A method's ``needs.latent`` is what it requires: ``any`` -- a model that encodes and decodes
-(``codec``) -- or ``generator``. :func:`latent_mismatch` is the one check; the manifest
+(``codec``) -- or ``generator``, or ``codec|generator``: either (the method has a path for each:
+deepblur and dp-image, which search a generator's latent when it has no encoder). :func:`latent_mismatch` is the one check; the manifest
 refuses a run whose latent model does not serve its method (at ``latent.backend``).
 """
 
@@ -41,8 +42,15 @@ class LatentParams(BaseModel):
 
 #: the kinds a latent model can be (see the module docstring)
 LATENT_KINDS = ("codec", "generator")
-#: what a method's ``needs.latent`` asks for -> the kind it needs
-_NEED_KIND = {"any": "codec", "codec": "codec", "generator": "generator"}
+#: what a method's ``needs.latent`` asks for -> the kinds that serve it
+_NEED_KIND = {"any": ("codec",), "codec": ("codec",), "generator": ("generator",),
+              "codec|generator": ("codec", "generator")}
+
+
+def accepted_kinds(method_plugin) -> tuple[str, ...]:
+    """The latent kinds that serve a method (empty when it needs no latent model)."""
+    need = method_plugin.needs.latent
+    return _NEED_KIND.get(need, ()) if need else ()
 
 
 def latent_kinds(plugin) -> frozenset[str]:
@@ -60,12 +68,14 @@ def latent_mismatch(method_plugin, latent_plugin) -> str | None:
     need = method_plugin.needs.latent
     if not need:
         return None
-    kind = _NEED_KIND.get(need)
-    if kind is None:
-        return f"method {method_plugin.name} declares an unknown latent need {need!r} (any, generator)"
+    kinds = _NEED_KIND.get(need)
+    if kinds is None:
+        return (f"method {method_plugin.name} declares an unknown latent need {need!r} "
+                f"({', '.join(_NEED_KIND)})")
     offered = latent_kinds(latent_plugin)
-    if kind in offered:
+    if offered & set(kinds):
         return None
+    kind = kinds[0]
     have = " and ".join(sorted(offered))
     if kind == "generator":
         gens = [p.name for p in LATENT_MODELS if "generator" in latent_kinds(p)]

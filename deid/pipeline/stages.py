@@ -141,7 +141,10 @@ class ProcessRecords:
         self.in_opts = self.m.input.storage_options
         self.out_fs, self.out_root = fsspec.core.url_to_fs(self.m.output.uri, **self.m.output.storage_options)
         self.q_fs, self.q_root = fsspec.core.url_to_fs(self.m.quarantine_uri, **self.m.output.storage_options)
-        self.params_json = json.dumps(self.m.anonymize.params, sort_keys=True)
+        # the method's params as it resolved them when it says so (the generator path's search
+        # steps and device), else the manifest's
+        self.params_json = json.dumps(getattr(self.anonymizer, "audit_params", None) or self.m.anonymize.params,
+                                      sort_keys=True)
         self.rng = np.random.default_rng()  # OS entropy; classical methods do not use it
         self.read_threads = self.m.run.read_threads
         self.bounds = self._pixel_bounds(workers)
