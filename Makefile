@@ -71,8 +71,12 @@ encoder: $(ENCODER)
 demo: install
 	$(BIN)/deid run manifests/demo.yaml
 
+# One pytest-xdist worker per core, a test file per worker at a time (module fixtures built
+# once), the longest files first (tests/conftest.py: SLOW_FILES, and each worker's share of the
+# CPUs). PYTEST_WORKERS=0: serial.
+PYTEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: install
 	$(BIN)/python bench/throughput.py

@@ -26,6 +26,50 @@ os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="deid-test-state-")
 atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], True)
 
 
+# ------------------------------------------------------------------ side by side (pytest-xdist)
+# `make test` runs the suite in one pytest-xdist worker process per core, a test file per worker
+# at a time (--dist loadfile). What each worker has of its own: its XDG_STATE_HOME (above), its
+# tmp_path, its moto server (a free port: tests/s3server.py), its embedded Ray (ray_local: a new
+# local instance with a free GCS port and its own session folder). What they share, the cache in
+# DEID_CACHE_DIR, is written through a temp name and a rename, so a worker reads a whole file or
+# none and two workers that build the same file at once both leave a whole one.
+def _share_the_cpus() -> None:
+    """In worker i of n: CPUs i*k..(i+1)*k-1 of the k*n this process may use, and thread pools
+    sized to them (torch/OpenMP, BLAS, OpenCV; onnxruntime and LiteRT through deid's
+    session_options, which reads OMP_NUM_THREADS), so n workers keep to the core count rather
+    than n x it. Children (Ray's raylet and workers, `deid run` subprocesses) inherit both.
+    Nothing changes outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    if not worker.startswith("gw"):
+        return
+    n = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    cpus = sorted(os.sched_getaffinity(0))
+    i = int(worker[2:])
+    if 1 < n <= len(cpus):
+        cpus = cpus[i * len(cpus) // n:(i + 1) * len(cpus) // n]
+        os.sched_setaffinity(0, cpus)
+        n = 1
+    threads = str(max(1, len(cpus) // n))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENCV_FOR_THREADS_NUM"):
+        os.environ.setdefault(var, threads)
+
+
+_share_the_cpus()
+
+#: Test files that take a minute or more (serial, on 2 CPUs), longest first. Side by side they
+#: go first: `make test` passes --no-loadscope-reorder, so xdist hands out the files in the
+#: order collected, and the run does not end on one worker still in a long file.
+SLOW_FILES = ("test_attribute_method.py", "test_resume.py", "test_pipeline.py", "test_evaluate.py",
+              "test_synthetic_swap.py", "test_dp_pipeline.py", "test_cluster.py", "test_plugins_e2e.py",
+              "test_audit_dp.py", "test_attributes.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(SLOW_FILES)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def lfw_images() -> list[Path]:
     return sorted(LFW.glob("*/*.jpg"))
 
@@ -65,7 +109,9 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # address "local": always a new instance of this process's own, never one that
+        # /tmp/ray/ray_current_cluster names (the last `ray start` on this machine)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 

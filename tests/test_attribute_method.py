@@ -4,6 +4,7 @@ deid's cache root, as a run caches it)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -80,11 +81,15 @@ def test_a_directed_edit_moves_the_plugin_in_the_intended_direction(method):
         assert np.mean(w_) >= 0.8, (name, np.mean(w_))
 
 
-def _faces_of(rgb):
+@functools.cache
+def _centerface():
     from deid.faces.registry import make_detector
 
-    det = make_detector({"backend": "centerface"})
-    return [f for f in det.detect(rgb) if f.width >= 40]
+    return make_detector({"backend": "centerface"})
+
+
+def _faces_of(rgb):
+    return [f for f in _centerface().detect(rgb) if f.width >= 40]
 
 
 def test_attribute_agreement_of_ppas_and_the_plugin_on_the_released_face(method):

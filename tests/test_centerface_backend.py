@@ -105,6 +105,25 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     assert sorted(keep.tolist()) == [1, 2]
 
 
+def test_onnxruntime_threads_follow_omp_num_threads_outside_ray(monkeypatch):
+    """torch and OpenMP keep to $OMP_NUM_THREADS and onnxruntime's own thread pool does not
+    read it: deid passes it on (the test suite's xdist workers set it to their CPU share)."""
+    from deid.faces.onnx_runtime import session_options
+
+    for n in (1, 3):
+        monkeypatch.setenv("OMP_NUM_THREADS", str(n))
+        opts = CenterFaceDetector()._sess.get_session_options()
+        assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (n, 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert CenterFaceDetector(threads=1)._sess.get_session_options().intra_op_num_threads == 1  # explicit wins
+    for unset in ("", "0", "auto"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert session_options() is None  # onnxruntime's default
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert session_options() is None
+    assert CenterFaceDetector()._sess.get_session_options().intra_op_num_threads == 0  # 0: one per core
+
+
 def test_model_path_from_a_local_file_and_an_fsspec_uri(tmp_path, monkeypatch):
     import tempfile
 

@@ -114,33 +114,41 @@ def test_test_mode_is_deterministic_and_marked(tmp_path, dp_env):
     assert not c.dp_test_mode.any() and set(c.output_sha256).isdisjoint(d.output_sha256)
 
 
-def _distances(method: str, params: dict, tmp_path: Path, monkeypatch) -> float:
-    from deid.anonymize import make_anonymizer
+@pytest.fixture(scope="module")
+def id_tools():
+    """dlib's embedder and the LFW photos with their HOG faces, built once for the distance
+    tests below (eight methods' settings on the same photos). No re-detection: only the
+    identity distance is read."""
     from deid.audit.check import IdentityChecker
     from deid.faces.dlib_backend import DlibDetector, DlibEmbedder
 
     det = DlibDetector()
-    chk = IdentityChecker(DlibEmbedder(), det)
+    photos = [np.asarray(Image.open(p).convert("RGB")) for p in lfw_images()]
+    return IdentityChecker(DlibEmbedder()), [(img, det.detect(img)) for img in photos]
+
+
+def _distances(method: str, params: dict, id_tools) -> float:
+    from deid.anonymize import make_anonymizer
+
+    chk, photos = id_tools
     anon = make_anonymizer(method, params, None)
     out = []
-    for p in lfw_images():
-        img = np.asarray(Image.open(p).convert("RGB"))
-        faces = det.detect(img)
+    for img, faces in photos:
         edited, _ = anon(img, faces, np.random.default_rng(0))
         out.append(chk.check(img, edited, faces)[0].id_distance)
     return float(np.mean(out))
 
 
-def test_identity_distance_rises_as_epsilon_falls(tmp_path, monkeypatch):
+def test_identity_distance_rises_as_epsilon_falls(id_tools):
     eps = [1e5, 1e4, 1e3, 10.0]
-    d = [_distances("dp-image", {"epsilon": e, "test_seed": 1, "noise_dims": None}, tmp_path, monkeypatch) for e in eps]
+    d = [_distances("dp-image", {"epsilon": e, "test_seed": 1, "noise_dims": None}, id_tools) for e in eps]
     assert all(b >= a - 0.02 for a, b in zip(d, d[1:])), d  # monotone up to noise
     assert d[-1] > d[0] + 0.15, d
 
 
-def test_identity_distance_rises_with_deepblur_sigma(tmp_path, monkeypatch):
+def test_identity_distance_rises_with_deepblur_sigma(id_tools):
     sig = [0.25, 2.0, 8.0, 1000.0]
-    d = [_distances("deepblur", {"sigma": s}, tmp_path, monkeypatch) for s in sig]
+    d = [_distances("deepblur", {"sigma": s}, id_tools) for s in sig]
     assert all(b >= a - 0.02 for a, b in zip(d, d[1:])), d
     assert d[-1] > d[0] + 0.1, d
 

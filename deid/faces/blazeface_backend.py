@@ -108,7 +108,7 @@ def load_interpreter(path: str, threads: int | None):
     if not threads:
         from deid.faces.onnx_runtime import session_options
 
-        opts = session_options()  # set only inside a Ray worker
+        opts = session_options()  # set inside a Ray worker, or by $OMP_NUM_THREADS
         threads = opts.intra_op_num_threads if opts is not None else None
     try:
         it = Interpreter(model_path=path, num_threads=threads)

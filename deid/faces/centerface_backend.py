@@ -193,7 +193,7 @@ class CenterFaceDetector(DetectorBase):
         self.providers = list(providers) if providers else default_providers()
         opts = session_options() or onnxruntime.SessionOptions()
         opts.log_severity_level = 3  # warnings only from errors up: the file's own quirks are handled above
-        if threads:  # otherwise: the CPUs Ray gave this actor, or onnxruntime's default outside Ray
+        if threads:  # otherwise: the CPUs Ray gave this actor, else $OMP_NUM_THREADS, else onnxruntime's default
             opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
         self._sess = onnxruntime.InferenceSession(_dynamic_graph(self.model_file), sess_options=opts,
                                                   providers=self.providers)

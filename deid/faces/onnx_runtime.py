@@ -40,16 +40,21 @@ def provider_names(providers) -> list[str]:
 
 
 def session_options():
-    """In a Ray worker, keep onnxruntime to the CPUs Ray gave the actor (one actor per
-    CPU would otherwise start one thread per core each)."""
+    """Thread counts for onnxruntime (and LiteRT), or None for the library's default (one
+    thread per core). In a Ray worker: the CPUs Ray gave the actor (one actor per CPU would
+    otherwise start one thread per core each). Elsewhere: ``$OMP_NUM_THREADS`` when it is set
+    to a positive integer, the cap torch and OpenMP already keep to, which onnxruntime's own
+    thread pool does not read (processes that share a machine, e.g. the test suite's workers)."""
+    cpus = None
     try:
         import ray
 
-        if not (ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE):
-            return None
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     except Exception:  # pragma: no cover
-        return None
+        cpus = None
+    if not cpus:
+        cpus = _omp_threads()
     if not cpus:
         return None
     import onnxruntime
@@ -58,6 +63,11 @@ def session_options():
     opts.intra_op_num_threads = max(1, int(cpus))
     opts.inter_op_num_threads = 1
     return opts
+
+
+def _omp_threads() -> int | None:
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def check_rgb(rgb: np.ndarray) -> np.ndarray:
