@@ -61,7 +61,7 @@ _share_the_cpus()
 #: order collected, and the run does not end on one worker still in a long file.
 SLOW_FILES = ("test_attribute_method.py", "test_resume.py", "test_pipeline.py", "test_evaluate.py",
               "test_synthetic_swap.py", "test_dp_pipeline.py", "test_cluster.py", "test_plugins_e2e.py",
-              "test_audit_dp.py", "test_attributes.py")
+              "test_audit_dp.py", "test_attributes.py", "test_encoder.py", "test_generator_methods.py", "test_uap.py")
 
 
 def pytest_collection_modifyitems(config, items):
