@@ -278,7 +278,7 @@ class AttributeMethod:
                  ) -> tuple[np.ndarray, list[FaceFacts]]:
         from deid.anonymize.directions import edit_toward
         from deid.anonymize.strangers import crop_face
-        from deid.anonymize.swap_ops import swap_face
+        from deid.anonymize.swap_ops import composite, swap_face
 
         rng = rng if rng is not None else np.random.default_rng()
         p = self.params
@@ -316,16 +316,13 @@ class AttributeMethod:
                 out, _ = self._mask(out, [face], rng)
                 extra.update(swapped=False, masked=True)
             else:
-                (x0, y0, x1, y1), pixels, alpha = res
-                a = alpha[..., None]
-                win = out[y0:y1, x0:x1].astype(np.float32)
-                mixed = a * pixels.astype(np.float32) + (1.0 - a) * win
-                out[y0:y1, x0:x1] = np.where(a > 0, np.clip(np.rint(mixed), 0, 255), win).astype(np.uint8)
+                composite(out, res)
                 extra.update(swapped=True)
                 if self.uap is not None:  # stage IV, inside the swapped region only
                     from deid.faces.facemesh_backend import mesh_arcface5
 
-                    out = self.uap.apply(out, mesh_arcface5(pts), alpha, window=(x0, y0, x1, y1))
+                    window, _, alpha = res
+                    self.uap.apply(out, mesh_arcface5(pts), alpha, window=window, inplace=True)
                     extra.update(perturbed=True)
             facts.append(FaceFacts(method=self.name, scope=self.dp_scope, releases=sel.releases,
                                    test_mode=sel.test_mode, extra=extra))

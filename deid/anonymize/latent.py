@@ -208,7 +208,7 @@ class _LatentMethod:
         """Blend the decoded ``crop`` into ``out`` over ``face`` (synthetic-swap's seam); returns
         the region used: ``mesh``, or ``oval`` when the face has no valid mesh."""
         from deid.anonymize.swap import mesh_points
-        from deid.anonymize.swap_ops import blend_region, warp_similarity
+        from deid.anonymize.swap_ops import blend_region, composite, warp_similarity
 
         p = self.params
         pts = mesh_points(self.mesher(), rgb, face)
@@ -218,11 +218,7 @@ class _LatentMethod:
         if res is None:
             paste_back(out, crop, mat, self._mask, inplace=True)
             return "oval"
-        (x0, y0, x1, y1), pixels, alpha = res
-        a = alpha[..., None]
-        win = out[y0:y1, x0:x1].astype(np.float32)
-        mixed = a * pixels.astype(np.float32) + (1.0 - a) * win
-        out[y0:y1, x0:x1] = np.where(a > 0, np.clip(np.rint(mixed), 0, 255), win).astype(np.uint8)
+        composite(out, res)
         return "mesh"
 
     def edit_ws(self, ws: np.ndarray, rng) -> tuple[np.ndarray, list[FaceFacts]]:  # pragma: no cover - abstract

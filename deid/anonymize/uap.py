@@ -128,16 +128,17 @@ class UAP:
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float32)
 
     def apply(self, rgb: np.ndarray, arcface5: np.ndarray, alpha: np.ndarray | None = None,
-              window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+              window: tuple[int, int, int, int] | None = None, *, inplace: bool = False) -> np.ndarray:
         """``rgb`` with the perturbation added on one face, inside ``alpha`` (float [h, w] in
-        [0, 1] over ``window`` = (x0, y0, x1, y1), or the whole image); uint8."""
+        [0, 1] over ``window`` = (x0, y0, x1, y1), or the whole image); uint8 (``rgb`` itself
+        when ``inplace``)."""
         h, w = rgb.shape[:2]
         x0, y0, x1, y1 = window if window is not None else (0, 0, w, h)
         arc = np.asarray(arcface5, np.float64) - np.array([x0, y0], np.float64)
         f = self.field_for(arc, (y1 - y0, x1 - x0))
         if alpha is not None:
             f = f * np.asarray(alpha, np.float32)[..., None]
-        out = np.array(rgb, copy=True)
+        out = rgb if inplace else np.array(rgb, copy=True)
         win = out[y0:y1, x0:x1].astype(np.float32)
         out[y0:y1, x0:x1] = np.clip(np.rint(win + f), 0, 255).astype(np.uint8)
         return out

@@ -20,6 +20,20 @@ def load_manifest_or_exit(manifest: Path):
         raise typer.Exit(2) from None
 
 
+def echo_card(title: str, card: dict, json_out: bool = False, width: int = 28) -> None:
+    """A model file's card: JSON only (``json_out``), or a title line and one line per key,
+    sorted (lists and mappings as JSON)."""
+    import json
+
+    if json_out:
+        typer.echo(json.dumps(card, indent=2, sort_keys=True))
+        return
+    typer.echo(title)
+    for k in sorted(card):
+        v = card[k]
+        typer.echo(f"  {k:{width}s} {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+
+
 def setup_logging() -> None:
     """Warnings and errors of deid's loggers on stderr, one line each."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from deid.cli.common import echo_card
 from deid.latent.pca import DEFAULTS
 
 latent_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -70,19 +71,12 @@ def info(model: str = typer.Argument(..., help="model file (any fsspec URI) or b
                 typer.echo(f"error: {exc2}", err=True)
                 raise typer.Exit(2) from None
             card = dict(enc.card, fingerprint=enc.fingerprint)
-            typer.echo(json.dumps(card, indent=2, sort_keys=True) if json_out else
-                       "\n".join([f"{model}: {card['name']} (encoder), fingerprint {enc.fingerprint}"] +
-                                  [f"  {k:28s} {json.dumps(card[k])}" for k in sorted(card)]))
+            echo_card(f"{model}: {card['name']} (encoder), fingerprint {enc.fingerprint}", card, json_out)
             return
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     card = dict(m.card, fingerprint=m.fingerprint, file_bytes=len(m.to_bytes()))
-    if json_out:
-        typer.echo(json.dumps(card, indent=2, sort_keys=True))
-        return
-    typer.echo(f"{model}: {m.name} ({m.backend}), fingerprint {m.fingerprint}")
-    for k in sorted(card):
-        typer.echo(f"  {k:28s} {json.dumps(card[k]) if isinstance(card[k], (dict, list)) else card[k]}")
+    echo_card(f"{model}: {m.name} ({m.backend}), fingerprint {m.fingerprint}", card, json_out)
 
 
 @latent_app.command("fit-encoder")

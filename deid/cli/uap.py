@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 
 import typer
+
+from deid.cli.common import echo_card
 
 uap_app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="Universal adversarial perturbations (AnonymousNet stage IV): fit one on PUBLIC faces "
@@ -82,10 +83,4 @@ def info(file: str = typer.Argument(..., help="perturbation file (any fsspec URI
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    card = dict(u.card, fingerprint=u.fingerprint)
-    if json_out:
-        typer.echo(json.dumps(card, indent=2, sort_keys=True))
-        return
-    typer.echo(f"{file}: fingerprint {u.fingerprint}")
-    for k in sorted(card):
-        typer.echo(f"  {k:36s} {card[k]}")
+    echo_card(f"{file}: fingerprint {u.fingerprint}", dict(u.card, fingerprint=u.fingerprint), json_out, width=36)
