@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import VOC, lfw_images
 from deid.faces import Face, iou, make_detector
-from deid.faces.ensemble import fuse
+from deid.faces.views import fuse
 from test_residual_gate import SELFIE, SELFIE_FACES
 
 GROUP_PHOTO = VOC / "2008_002079.jpg"  # 500x375, heads of 12-15 px

@@ -25,7 +25,7 @@ Contract:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, ValidationError, field_validator
@@ -33,11 +33,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from deid.faces.base import DetectorBase, DetectorParams
 from deid.faces.registry import DETECTORS, make_detector
-from deid.faces.types import Face, clip_box, iou, shrink_for_detection
+from deid.faces.types import Face, shrink_for_detection
+from deid.faces.views import Canvas, View, fuse, map_face, rotated_views
 from deid.plugins import Licence, Needs, Plugin, validate_section
-
-ROTATIONS = ("rot90", "rot180", "rot270", "tilt+", "tilt-")
-
 
 class EnsembleParams(DetectorParams):
     min_score: float = Field(0.0, description="drop fused faces whose best member score is below this (the members' "
@@ -48,10 +46,14 @@ class EnsembleParams(DetectorParams):
                     "own threshold)")
     iou: float = Field(0.4, gt=0.0, lt=1.0, description="detections overlapping this much (IoU) are one face")
     min_votes: int = Field(1, ge=1, description="keep a face found by at least this many members")
-    tta: list[Literal["rot90", "rot180", "rot270", "tilt+", "tilt-"]] = Field(
+    tta: list[View] = Field(
         default_factory=list, description="test-time augmentation: extra views rotated by 90/180/270 degrees or by "
                                           "+-tilt degrees")
     tilt: float = Field(35.0, gt=0.0, lt=90.0, description="degrees of the tilt+ / tilt- views")
+    tilt_canvas: Canvas = Field(
+        "whole", description="the tilted views' canvas: whole (the whole photo turned, ~2x the pixels) or frame "
+                             "(the photo's own size, centred: half the cost; the corners turned out of it are not seen "
+                             "in those views)")
     tta_min_score: float = Field(0.0, ge=0.0, description="detections from the rotated and tilted views must also "
                                  "score at least this (0: the members' own thresholds only)")
     tiles: bool = Field(False, description="also run on overlapping tiles of large photos, upscaled (small faces)")
@@ -79,59 +81,6 @@ class EnsembleParams(DetectorParams):
         return out
 
 
-def _rotation(view: str, w: int, h: int, tilt: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """The 2x3 matrix that maps input pixels to the view's pixels, and the view's size."""
-    import cv2
-
-    angle = {"rot90": 90.0, "rot180": 180.0, "rot270": 270.0, "tilt+": tilt, "tilt-": -tilt}[view]
-    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
-    c, s = abs(m[0, 0]), abs(m[0, 1])
-    nw, nh = int(round(h * s + w * c)), int(round(h * c + w * s))
-    m[0, 2] += nw / 2.0 - w / 2.0
-    m[1, 2] += nh / 2.0 - h / 2.0
-    return m, (nw, nh)
-
-
-def _map_face(f: Face, inv: np.ndarray, w: int, h: int, view: str, member: int) -> tuple[Face, int, str]:
-    """``f`` (found on a view) in input pixels; ``inv`` maps view pixels to input pixels."""
-    x0, y0, x1, y1 = f.box
-    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], dtype=np.float64)
-    pts = corners @ inv[:, :2].T + inv[:, 2]
-    box = clip_box(pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max(), w, h)
-    lm = np.asarray(f.landmarks5, dtype=np.float64) @ inv[:, :2].T + inv[:, 2]
-    dlib_box = f.dlib_box if view in ("", "tile") and f.dlib_box is not None else None
-    if dlib_box is not None:
-        bx = np.array([[dlib_box[0], dlib_box[1]], [dlib_box[2], dlib_box[3]]], dtype=np.float64) @ inv[:, :2].T + inv[:, 2]
-        dlib_box = tuple(int(round(v)) for v in (bx[0, 0], bx[0, 1], bx[1, 0], bx[1, 1]))
-    return Face(box=box, score=float(f.score), landmarks5=lm, landmark_layout=f.landmark_layout,
-                dlib_box=dlib_box), member, view
-
-
-def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 1) -> list[Face]:
-    """Weighted box fusion of ``(face, member, view)`` detections (module docstring)."""
-    clusters: list[list[tuple[Face, int, str]]] = []
-    for item in sorted(found, key=lambda t: -t[0].score):
-        for c in clusters:
-            if iou(c[0][0].box, item[0].box) >= threshold:
-                c.append(item)
-                break
-        else:
-            clusters.append([item])
-    out = []
-    for c in clusters:
-        if len({member for _, member, _ in c}) < min_votes:
-            continue
-        boxes = np.array([f.box for f, _, _ in c], dtype=np.float64)
-        wts = np.array([max(f.score, 1e-6) for f, _, _ in c])
-        bx = (boxes * wts[:, None]).sum(0) / wts.sum()
-        upright = [f for f, _, view in c if view in ("", "tile")]
-        best = upright[0] if upright else c[0][0]
-        out.append(Face(box=tuple(int(round(v)) for v in bx), score=max(f.score for f, _, _ in c),
-                        landmarks5=best.landmarks5, landmark_layout=best.landmark_layout, dlib_box=best.dlib_box))
-    out.sort(key=lambda f: (f.box[1], f.box[0]))
-    return out
-
-
 class EnsembleDetector(DetectorBase):
     landmark_layout = "mixed"  # per face: the layout of the member that placed it
 
@@ -145,10 +94,7 @@ class EnsembleDetector(DetectorBase):
 
         h, w = rgb.shape[:2]
         yield "", rgb, np.array([[1.0, 0, 0], [0, 1.0, 0]])
-        for view in self.p.tta:
-            m, (nw, nh) = _rotation(view, w, h, self.p.tilt)
-            img = cv2.warpAffine(rgb, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            yield view, img, cv2.invertAffineTransform(m)
+        yield from rotated_views(rgb, self.p.tta, self.p.tilt, self.p.tilt_canvas)
         if self.p.tiles and max(h, w) >= self.p.tile_min_side:
             s = self.p.tile_scale
             th, tw = (h + 1) // 2, (w + 1) // 2
@@ -170,7 +116,7 @@ class EnsembleDetector(DetectorBase):
             to_input = (back @ np.vstack([inv, [0, 0, 1.0]]))[:2]
             floor = self.p.tile_min_score if view == "tile" else self.p.tta_min_score if view else 0.0
             for k, det in enumerate(self.members):
-                found += [_map_face(f, to_input, w, h, view, k) for f in det.detect(img) if f.score >= floor]
+                found += [map_face(f, to_input, w, h, view, k) for f in det.detect(img) if f.score >= floor]
         found = [t for t in found if t[0].box[2] - t[0].box[0] >= 2 and t[0].box[3] - t[0].box[1] >= 2]
         return [f for f in fuse(found, self.p.iou, self.p.min_votes) if f.score >= self.p.min_score]
 

@@ -1,0 +1,106 @@
+"""Rotated views of a photo, and fusing what a detector finds on them (the CenterFace backend's
+``rotations`` and the ensemble's ``tta``).
+
+Upright face detectors miss faces turned in the image plane: CenterFace covers 68-74% of the
+faces of 75-90 degrees that it covers upright (docs/benchmarks.md, "Coverage by the pixels of
+the output"), and a photo stored sideways without an EXIF orientation has every face at 90
+degrees. A view of the photo turned by 90, 180 or 270 degrees (exact, same pixels) or by
+``+-tilt`` degrees stands such faces up; what a detector finds on a view is mapped back into
+the photo's pixels and fused with the upright detections.
+
+* :func:`rotation`: the matrix from the photo's pixels to a view's. A tilted view's canvas is
+  either ``whole`` (the whole turned photo, ~2x the pixels at 45 degrees) or ``frame`` (the
+  photo's own size, centred on it: the same cost as the upright pass; the photo's corners that
+  the turn moves out of the frame are not seen in that view, only in the others);
+* :func:`map_face`: a face found on a view in the photo's pixels: its box is the bounds of the
+  turned ellipse inscribed in the view's box (a face is elliptical: the bounds of the turned box
+  would be ~1.4x the face at 45 degrees, and would not overlap the same face's upright box
+  enough to fuse with it); exact for 90-degree turns; landmarks point by point;
+* :func:`fuse`: weighted box fusion, greedy by descending score (a detection joins a cluster
+  when it overlaps any of its boxes); a cluster's box is the score-weighted mean of its boxes
+  from views that map boxes exactly (upright, tiles, 90-degree turns) when it has any, else of
+  all; its score the highest, its landmarks those of its best detection from an unrotated
+  view (else its best one).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Literal
+
+import numpy as np
+
+from deid.faces.types import Face, clip_box, iou
+
+VIEWS = ("rot90", "rot180", "rot270", "tilt+", "tilt-")
+View = Literal["rot90", "rot180", "rot270", "tilt+", "tilt-"]
+Canvas = Literal["whole", "frame"]
+
+
+def rotation(view: str, w: int, h: int, tilt: float, canvas: str = "whole") -> tuple[np.ndarray, tuple[int, int]]:
+    """The 2x3 matrix that maps input pixels to the view's pixels, and the view's size."""
+    import cv2
+
+    angle = {"rot90": 90.0, "rot180": 180.0, "rot270": 270.0, "tilt+": tilt, "tilt-": -tilt}[view]
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
+    c, s = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(round(h * s + w * c)), int(round(h * c + w * s))
+    if view.startswith("tilt") and canvas == "frame":
+        nw, nh = w, h
+    m[0, 2] += nw / 2.0 - w / 2.0
+    m[1, 2] += nh / 2.0 - h / 2.0
+    return m, (nw, nh)
+
+
+def rotated_views(rgb: np.ndarray, views, tilt: float, canvas: str = "whole") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(view, image, 2x3 matrix view -> input)`` for each of ``views``."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    for view in views:
+        m, (nw, nh) = rotation(view, w, h, tilt, canvas)
+        img = cv2.warpAffine(rgb, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        yield view, np.ascontiguousarray(img), cv2.invertAffineTransform(m)
+
+
+def map_face(f: Face, inv: np.ndarray, w: int, h: int, view: str, member: int) -> tuple[Face, int, str]:
+    """``f`` (found on a view) in input pixels; ``inv`` maps view pixels to input pixels."""
+    x0, y0, x1, y1 = f.box
+    a = inv[:, :2]
+    cx, cy = a @ np.array([(x0 + x1) / 2, (y0 + y1) / 2]) + inv[:, 2]
+    rx, ry = (x1 - x0) / 2, (y1 - y0) / 2
+    hx, hy = np.hypot(a[0, 0] * rx, a[0, 1] * ry), np.hypot(a[1, 0] * rx, a[1, 1] * ry)
+    box = clip_box(cx - hx, cy - hy, cx + hx, cy + hy, w, h)
+    lm = np.asarray(f.landmarks5, dtype=np.float64) @ inv[:, :2].T + inv[:, 2]
+    dlib_box = f.dlib_box if view in ("", "tile") and f.dlib_box is not None else None
+    if dlib_box is not None:
+        bx = np.array([[dlib_box[0], dlib_box[1]], [dlib_box[2], dlib_box[3]]], dtype=np.float64) @ inv[:, :2].T + inv[:, 2]
+        dlib_box = tuple(int(round(v)) for v in (bx[0, 0], bx[0, 1], bx[1, 0], bx[1, 1]))
+    return Face(box=box, score=float(f.score), landmarks5=lm, landmark_layout=f.landmark_layout,
+                dlib_box=dlib_box), member, view
+
+
+def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 1) -> list[Face]:
+    """Weighted box fusion of ``(face, member, view)`` detections (module docstring): greedily
+    by descending score, a detection joins the first cluster with a box it overlaps with IoU >=
+    ``threshold``; a cluster is kept when at least ``min_votes`` distinct members found it."""
+    clusters: list[list[tuple[Face, int, str]]] = []
+    for item in sorted(found, key=lambda t: -t[0].score):
+        for c in clusters:
+            if any(iou(f.box, item[0].box) >= threshold for f, _, _ in c):
+                c.append(item)
+                break
+        else:
+            clusters.append([item])
+    out = []
+    for c in clusters:
+        if len({member for _, member, _ in c}) < min_votes:
+            continue
+        boxes = np.array([f.box for f, _, _ in c], dtype=np.float64)
+        wts = np.array([max(f.score, 1e-6) for f, _, _ in c])
+        bx = (boxes * wts[:, None]).sum(0) / wts.sum()
+        upright = [f for f, _, view in c if view in ("", "tile")]
+        best = upright[0] if upright else c[0][0]
+        out.append(Face(box=tuple(int(round(v)) for v in bx), score=max(f.score for f, _, _ in c),
+                        landmarks5=best.landmarks5, landmark_layout=best.landmark_layout, dlib_box=best.dlib_box))
+    out.sort(key=lambda f: (f.box[1], f.box[0]))
+    return out
