@@ -212,9 +212,17 @@ class _LatentMethod:
 
         p = self.params
         pts = mesh_points(self.mesher(), rgb, face)
+        def decoded_mesh(win, pixels):
+            # the decoded face's own mesh, for its skin (blend_region): it sits near, not on, the original's
+            x0, y0, x1, y1 = win
+            canvas = np.array(rgb, copy=True)
+            canvas[y0:y1, x0:x1] = pixels
+            return mesh_points(self.mesher(), canvas, face, own=False)
+
         res = None if pts is None else blend_region(
             rgb, pts, lambda win: warp_similarity(crop, mat, win), keep_forehead=p.keep_forehead,
-            feather=p.blend_feather, poisson=p.blend == "poisson", colour=p.colour_match)
+            feather=p.blend_feather, poisson=p.blend == "poisson", colour=p.colour_match,
+            render_points=decoded_mesh if p.colour_match else None)
         if res is None:
             paste_back(out, crop, mat, self._mask, inplace=True)
             return "oval"

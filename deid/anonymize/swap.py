@@ -91,11 +91,11 @@ def _eyes(face: Face) -> tuple[np.ndarray, np.ndarray]:
     return p[0], p[1]  # arcface5, blazeface5: the person's right eye (image left) first
 
 
-def mesh_points(mesher: Any, rgb: np.ndarray, face: Face) -> np.ndarray | None:
-    """A face's 468 mesh points (image pixels): its own, or ``mesher``'s (a
-    :class:`deid.faces.facemesh_backend.FaceMeshDetector`) run on its box and eyes; None when
-    the mesh is not found."""
-    if face.mesh is not None:
+def mesh_points(mesher: Any, rgb: np.ndarray, face: Face, own: bool = True) -> np.ndarray | None:
+    """A face's 468 mesh points (image pixels): its own (``own`` and the face has one), or
+    ``mesher``'s (a :class:`deid.faces.facemesh_backend.FaceMeshDetector`) run on its box and
+    eyes; None when the mesh is not found."""
+    if own and face.mesh is not None:
         return np.asarray(face.mesh, dtype=np.float64)[:, :2]
     le, re = _eyes(face)
     kp = np.stack([le, re, le, re, le, re])
