@@ -84,8 +84,9 @@ class _LatentParams(BaseModel):
                                                  "region, or Poisson blending")
     blend_feather: float = Field(0.2, ge=0.0, le=1.0, description="generator latent only: soft edge width inside the "
                                  "region, x the eye distance")
-    colour_match: bool = Field(True, description="generator latent only: match the region's Lab mean and contrast to "
-                               "the original's (those 6 numbers pass unprotected: docs/privacy.md)")
+    colour_match: bool = Field(True, description="generator latent only: match the decoded face's skin Lab mean and "
+                               "contrast to the original's skin (face mesh; those 6 numbers pass unprotected: "
+                               "docs/privacy.md)")
 
 
 class DPImageParams(_LatentParams):
