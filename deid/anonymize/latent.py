@@ -84,8 +84,9 @@ class _LatentParams(BaseModel):
                                                  "region, or Poisson blending")
     blend_feather: float = Field(0.2, ge=0.0, le=1.0, description="generator latent only: soft edge width inside the "
                                  "region, x the eye distance")
-    colour_match: bool = Field(True, description="generator latent only: match the region's Lab mean and contrast to "
-                               "the original's (those 6 numbers pass unprotected: docs/privacy.md)")
+    colour_match: bool = Field(True, description="generator latent only: match the decoded face's skin Lab mean and "
+                               "contrast to the original's skin (face mesh; those 6 numbers pass unprotected: "
+                               "docs/privacy.md)")
 
 
 class DPImageParams(_LatentParams):
@@ -212,9 +213,17 @@ class _LatentMethod:
 
         p = self.params
         pts = mesh_points(self.mesher(), rgb, face)
+        def decoded_mesh(win, pixels):
+            # the decoded face's own mesh, for its skin (blend_region): it sits near, not on, the original's
+            x0, y0, x1, y1 = win
+            canvas = np.array(rgb, copy=True)
+            canvas[y0:y1, x0:x1] = pixels
+            return mesh_points(self.mesher(), canvas, face, own=False)
+
         res = None if pts is None else blend_region(
             rgb, pts, lambda win: warp_similarity(crop, mat, win), keep_forehead=p.keep_forehead,
-            feather=p.blend_feather, poisson=p.blend == "poisson", colour=p.colour_match)
+            feather=p.blend_feather, poisson=p.blend == "poisson", colour=p.colour_match,
+            render_points=decoded_mesh if p.colour_match else None)
         if res is None:
             paste_back(out, crop, mat, self._mask, inplace=True)
             return "oval"

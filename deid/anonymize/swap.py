@@ -13,14 +13,15 @@ tone and lighting follow the original. deid's form of it needs no training:
    (``stable: fresh``, OS entropy: a fresh stranger per release), or one is chosen by the face's
    subject key (``stable: keyed``: the same stranger for a subject across photos);
 3. the stranger is warped onto the original's mesh triangle by triangle, colour-matched in Lab
-   inside the region (skin tone, lighting level) and blended in with a soft edge inside the
-   region (``blend: feather``) or by Poisson blending (``blend: poisson``);
+   skin on skin (its skin's mean and spread take the original's skin's: skin tone, lighting
+   level) and blended in with a soft edge inside the region (``blend: feather``) or by Poisson
+   blending (``blend: poisson``, the skin's drift corrected after it);
 4. the region is the whole face oval (default) or the jaw line to the brows (``keep_forehead``,
    as in the paper); the stranger takes its own proportions (``shape: 0``, default) or the
    original's (``shape: 1``); every pixel outside the region is left untouched.
 
 Not DP: the facts say ``dp_scope = none``. What is kept from the original: the mesh's geometry
-(face shape, pose, expression), the region's mean colour and contrast, and everything outside
+(face shape, pose, expression), the skin's mean colour and contrast, and everything outside
 the region (hair, ears, forehead with ``keep_forehead``, background): photos of one person stay
 linkable through those. ``stable: keyed`` links them on purpose (one stranger per subject).
 """
@@ -65,7 +66,8 @@ class SwapParams(BaseModel):
     blend: Literal["feather", "poisson"] = Field("feather", description="soft edge inside the region, or Poisson "
                                                  "(gradient-domain) blending")
     feather: float = Field(0.2, ge=0.0, le=1.0, description="soft edge width inside the region, x the eye distance")
-    colour_match: bool = Field(True, description="match the region's Lab mean and contrast to the original's")
+    colour_match: bool = Field(True, description="match the new face's skin Lab mean and contrast to the original's "
+                               "skin (face mesh: jaw line to brows less eyes, brows, lips and nostrils)")
     shape: float = Field(0.0, ge=0.0, le=1.0, description="how much of the original's face shape the stranger "
                          "takes: 1, warped onto the original's mesh; 0, its own shape placed by a similarity fit "
                          "(the original's shape carries identity)")
@@ -91,11 +93,11 @@ def _eyes(face: Face) -> tuple[np.ndarray, np.ndarray]:
     return p[0], p[1]  # arcface5, blazeface5: the person's right eye (image left) first
 
 
-def mesh_points(mesher: Any, rgb: np.ndarray, face: Face) -> np.ndarray | None:
-    """A face's 468 mesh points (image pixels): its own, or ``mesher``'s (a
-    :class:`deid.faces.facemesh_backend.FaceMeshDetector`) run on its box and eyes; None when
-    the mesh is not found."""
-    if face.mesh is not None:
+def mesh_points(mesher: Any, rgb: np.ndarray, face: Face, own: bool = True) -> np.ndarray | None:
+    """A face's 468 mesh points (image pixels): its own (``own`` and the face has one), or
+    ``mesher``'s (a :class:`deid.faces.facemesh_backend.FaceMeshDetector`) run on its box and
+    eyes; None when the mesh is not found."""
+    if own and face.mesh is not None:
         return np.asarray(face.mesh, dtype=np.float64)[:, :2]
     le, re = _eyes(face)
     kp = np.stack([le, re, le, re, le, re])

@@ -19,6 +19,14 @@ BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
 FULL_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176,
              149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 RIGHT_EYE_C, LEFT_EYE_C = (33, 133), (263, 362)
+#: the face's features in the 468-point mesh (eyes, brows, lips, nostrils): not skin (:func:`skin_mask`)
+R_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+L_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+R_BROW = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
+L_BROW = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
+LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+NOSTRILS = (98, 97, 2, 326, 327, 294, 278, 344, 440, 275, 4, 45, 220, 115, 48, 64)
+FEATURES = (R_EYE, L_EYE, R_BROW, L_BROW, LIPS, NOSTRILS)
 
 
 def eye_distance(points: np.ndarray) -> float:
@@ -88,22 +96,76 @@ def warp_piecewise(src_img: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray
     return cv2.remap(src_img, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def match_colour(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, max_ratio: float = 1.6) -> np.ndarray:
-    """``src`` with the mean and spread of ``dst`` inside ``mask`` per Lab channel (Reinhard):
-    the skin tone and the lighting level of the original, not its features."""
+def skin_mask(points: np.ndarray, shape: tuple[int, ...], window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """``bool`` mask of the skin of the face with mesh ``points`` (468, image pixels), in an image
+    of ``shape`` or in its ``window`` = ``(x0, y0, x1, y1)``: the face from the jaw line to the brows
+    (the forehead is left out: hair covers it on many faces and strangers), less the
+    :data:`FEATURES` and a band along the outline, each 8% of the eye distance wide."""
+    x0, y0, x1, y1 = window if window is not None else (0, 0, shape[1], shape[0])
+    p = np.asarray(points, dtype=np.float64)[:, :2] - (x0, y0)
+    k = max(3, int(0.08 * eye_distance(p)) | 1)
+    face = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(face, [np.round(region_polygon(p, keep_forehead=True, brow_lift=0.0) * 16).astype(np.int32)], 1,
+                 lineType=cv2.LINE_8, shift=4)
+    face = cv2.erode(face, np.ones((k, k), np.uint8))
+    holes = np.zeros_like(face)
+    for idx in FEATURES:
+        cv2.fillConvexPoly(holes, cv2.convexHull(np.round(p[list(idx)] * 16).astype(np.int32)), 1,
+                           lineType=cv2.LINE_8, shift=4)
+    holes = cv2.dilate(holes, np.ones((k, k), np.uint8))
+    return (face > 0) & (holes == 0)
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def _rgb(lab: np.ndarray) -> np.ndarray:
+    return np.clip(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+#: fewest pixels of a skin mask whose statistics are used (else the whole region's)
+MIN_SKIN_PX = 32
+
+
+def match_colour(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, max_ratio: float = 1.6,
+                 src_skin: np.ndarray | None = None, dst_skin: np.ndarray | None = None) -> np.ndarray:
+    """``src`` with the mean and spread of ``dst`` per Lab channel (Reinhard): the skin tone and
+    the lighting level of the original, not its features. The statistics are those of the
+    skin masks (``src_skin`` of ``src``, ``dst_skin`` of ``dst``, each within ``mask``) when both
+    have :data:`MIN_SKIN_PX` pixels, else those of ``mask`` in both: a region's mean includes
+    hair, brows, eyes and background, which differ between the two faces, so matching it does not
+    match the skin (a dark-skinned face got a lighter stranger with dark hair in its region)."""
     m = mask.astype(bool)
     if m.sum() < 16:
         return src
-    s = cv2.cvtColor(src.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-    d = cv2.cvtColor(dst.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    ms_, md_ = m, m
+    if src_skin is not None and dst_skin is not None:
+        a, b = m & src_skin.astype(bool), m & dst_skin.astype(bool)
+        if a.sum() >= MIN_SKIN_PX and b.sum() >= MIN_SKIN_PX:
+            ms_, md_ = a, b
+    s, d = _lab(src), _lab(dst)
     out = np.empty_like(s)
     for c in range(3):
-        ms, sd = s[..., c][m].mean(), s[..., c][m].std() + 1e-6
-        md, dd = d[..., c][m].mean(), d[..., c][m].std() + 1e-6
+        ms, sd = s[..., c][ms_].mean(), s[..., c][ms_].std() + 1e-6
+        md, dd = d[..., c][md_].mean(), d[..., c][md_].std() + 1e-6
         r = float(np.clip(dd / sd, 1.0 / max_ratio, max_ratio))
         out[..., c] = (s[..., c] - ms) * r + md
-    rgb = cv2.cvtColor(out, cv2.COLOR_LAB2RGB)
-    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return _rgb(out)
+
+
+def correct_drift(img: np.ndarray, img_skin: np.ndarray, ref: np.ndarray, ref_skin: np.ndarray,
+                  ramp: np.ndarray) -> np.ndarray:
+    """``img`` shifted in Lab by (``ref``'s mean over ``ref_skin`` - ``img``'s over ``img_skin``)
+    x ``ramp`` (0 at the region's edge, 1 inside): the Poisson clone takes its boundary from the
+    original's surroundings, which moves the interior's mean (it made dark skin lighter and light
+    skin darker); this puts the skin back on the original's tone and leaves the seam as cloned."""
+    a, b = img_skin.astype(bool), ref_skin.astype(bool)
+    if a.sum() < MIN_SKIN_PX or b.sum() < MIN_SKIN_PX:
+        return img
+    lab = _lab(img)
+    delta = _lab(ref)[b].mean(0) - lab[a].mean(0)
+    return _rgb(lab + ramp[..., None] * delta[None, None, :])
 
 
 def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, stranger_pts: np.ndarray,
@@ -124,7 +186,8 @@ def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, strange
             placed = src @ sim[:, :2].T + sim[:, 2]
             target = shape * target + (1.0 - shape) * placed
     return blend_region(rgb, points, lambda win: warp_piecewise(stranger, stranger_pts, target, tris, win),
-                        keep_forehead=keep_forehead, feather=feather, poisson=poisson, colour=colour)
+                        keep_forehead=keep_forehead, feather=feather, poisson=poisson, colour=colour,
+                        render_points=target)
 
 
 def warp_similarity(src_img: np.ndarray, m: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
@@ -144,13 +207,18 @@ def warp_similarity(src_img: np.ndarray, m: np.ndarray, window: tuple[int, int, 
 
 
 def blend_region(rgb: np.ndarray, points: np.ndarray, render, keep_forehead: bool = True, feather: float = 0.08,
-                 poisson: bool = True, colour: bool = True) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+                 poisson: bool = True, colour: bool = True,
+                 render_points: np.ndarray | None = None) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
     """The seam of :func:`swap_face` for any source: ``render(window)`` gives the new face's
-    pixels in ``window`` = ``(x0, y0, x1, y1)`` of ``rgb``; they are colour-matched in Lab inside
-    the mesh's face region (``colour``), Poisson-blended (``poisson``) and given the alpha that
-    is 1 inside the region, ramps to 0 over ``feather`` x the eye distance inside its edge and
-    is 0 outside it. Returns ``(window, pixels, alpha)``, or None when the region is empty in
-    the image."""
+    pixels in ``window`` = ``(x0, y0, x1, y1)`` of ``rgb``; with ``colour`` they are colour-matched
+    in Lab, the skin of the new face (:func:`skin_mask` of ``render_points``, its mesh in image
+    pixels, or a callable ``(window, pixels) -> mesh or None`` that finds it on the rendered
+    pixels; default, and when that gives None, ``points``) to the original's skin
+    (:func:`skin_mask` of ``points``), inside the mesh's face region; then Poisson-blended
+    (``poisson``; with ``colour`` the skin's drift is corrected after it, :func:`correct_drift`)
+    and given the alpha that is 1 inside the region, ramps to 0 over ``feather`` x the eye
+    distance inside its edge and is 0 outside it. Returns ``(window, pixels, alpha)``, or None
+    when the region is empty in the image."""
     h, w = rgb.shape[:2]
     poly = region_polygon(points, keep_forehead)
     pad = 3
@@ -166,8 +234,13 @@ def blend_region(rgb: np.ndarray, points: np.ndarray, render, keep_forehead: boo
     orig = rgb[y0:y1, x0:x1]
     warped = render((x0, y0, x1, y1))
     core = cv2.erode(region, np.ones((3, 3), np.uint8))
+    win = (x0, y0, x1, y1)
+    skin_o = skin_mask(points, rgb.shape, win) & (core > 0)
+    if callable(render_points):
+        render_points = render_points(win, warped)
+    skin_r = skin_mask(points if render_points is None else render_points, rgb.shape, win) & (core > 0)
     if colour:
-        warped = match_colour(warped, orig, core)
+        warped = match_colour(warped, orig, core, src_skin=skin_r, dst_skin=skin_o)
     out = warped
     if poisson and core.sum() > 64:
         # Poisson (gradient-domain) blending: the seam takes the original's boundary colours;
@@ -182,6 +255,10 @@ def blend_region(rgb: np.ndarray, points: np.ndarray, render, keep_forehead: boo
         try:
             cloned = cv2.seamlessClone(src, dst, msk, center, cv2.NORMAL_CLONE)
             out = cloned[P:-P, P:-P]
+            if colour:
+                depth = cv2.distanceTransform(core, cv2.DIST_L2, 5)
+                ramp = np.clip(depth / max(1.0, 0.25 * eye_distance(points)), 0.0, 1.0).astype(np.float32)
+                out = correct_drift(out, skin_r, orig, skin_o, ramp)
         except cv2.error:
             out = warped
     feather_px = max(1.0, feather * eye_distance(points))
