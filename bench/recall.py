@@ -561,40 +561,49 @@ def run_synthetic(detectors, scenes: list[Scene], budget: float | None = None) -
 
 #: candidate configurations of the coverage mode (``--coverage NAME,...``; ``--config NAME=JSON`` adds one):
 #: the manifest's detect section and the checks.residual* fields the run is given
+UP = {"backend": "centerface", "rotations": []}  # the upright model alone
 CANDIDATES: dict[str, dict] = {
-    "centerface": {"detect": {"backend": "centerface"}, "checks": {"residual": "off"}},
+    # deid's default since 2026-12-01: centerface with its rotated views (rot90, rot270, tilt+-50 on the
+    # photo's own canvas, held to 0.3), and its default gate
     "centerface + face-mesh": {"detect": {"backend": "centerface"},
                                "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "centerface": {"detect": {"backend": "centerface"}, "checks": {"residual": "off"}},
+    # the upright model (the default until 2026-12-01), and the candidates measured against it then
+    "centerface upright": {"detect": UP, "checks": {"residual": "off"}},
+    "centerface upright + face-mesh": {"detect": UP, "checks": {"residual_detector": {"backend": "face-mesh"}}},
     "centerface+mtcnn + face-mesh": {
-        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}, {"backend": "mtcnn"}]},
+        "detect": {"backend": "ensemble", "members": [UP, {"backend": "mtcnn"}]},
         "checks": {"residual_detector": {"backend": "face-mesh"}}},
     "centerface + face-mesh rot tilt50": {  # a stronger gate: the gate itself an ensemble of another family
-        "detect": {"backend": "centerface"},
+        "detect": UP,
         "checks": {"residual_detector": {"backend": "ensemble", "members": [{"backend": "face-mesh"}],
                                          "tta": ["rot90", "rot270", "tilt+", "tilt-"], "tilt": 50}}},
     "centerface + face-mesh tilt45": {
-        "detect": {"backend": "centerface"},
+        "detect": UP,
         "checks": {"residual_detector": {"backend": "ensemble", "members": [{"backend": "face-mesh"}],
                                          "tta": ["tilt+", "tilt-"], "tilt": 45}}},
     "cf tilt45 + face-mesh": {
-        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}], "tta": ["tilt+", "tilt-"],
+        "detect": {"backend": "ensemble", "members": [UP], "tta": ["tilt+", "tilt-"],
                    "tilt": 45, "tta_min_score": 0.3},
         "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "cf rot + face-mesh": {
+        "detect": {"backend": "ensemble", "members": [UP], "tta": ["rot90", "rot270"], "tta_min_score": 0.3},
+        "checks": {"residual_detector": {"backend": "face-mesh"}}},
     "cf rot tilt50 + face-mesh": {
-        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}],
+        "detect": {"backend": "ensemble", "members": [UP],
                    "tta": ["rot90", "rot270", "tilt+", "tilt-"], "tilt": 50, "tta_min_score": 0.4},
         "checks": {"residual_detector": {"backend": "face-mesh"}}},
     "cf rot tilt50 @0.3 + face-mesh": {
-        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}],
+        "detect": {"backend": "ensemble", "members": [UP],
                    "tta": ["rot90", "rot270", "tilt+", "tilt-"], "tilt": 50, "tta_min_score": 0.3},
         "checks": {"residual_detector": {"backend": "face-mesh"}}},
     "cf rot tilt50 tiles + face-mesh": {
-        "detect": {"backend": "ensemble", "members": [{"backend": "centerface"}],
+        "detect": {"backend": "ensemble", "members": [UP],
                    "tta": ["rot90", "rot270", "tilt+", "tilt-"], "tilt": 50, "tta_min_score": 0.4,
                    "tiles": True, "tile_min_score": 0.5},
         "checks": {"residual_detector": {"backend": "face-mesh"}}},
 }
-COVERAGE_BASELINE = "centerface"
+COVERAGE_BASELINE = "centerface upright"
 MARK = (255, 0, 255)  # the mask colour of the coverage runs
 
 
@@ -927,14 +936,14 @@ def main_coverage(args, n_scenes: int, per_scene: int, n_strangers: int, size: t
                 ("LFW photos (250x250, first 40 of lfw-public-ref)",
                  [np.asarray(Image.open(p).convert("RGB")) for p in sorted((REPO.parent / "shared" / "data" / "lfw-public-ref").glob("*.jpg"))[:40]])]
         print("\nCPU ms per image, one thread, detector + gate (run_timing); ratio against "
-              f"{COVERAGE_BASELINE!r} and against 'centerface + face-mesh'")
+              f"{COVERAGE_BASELINE!r} and against 'centerface upright + face-mesh' (the default until 2026-12-01)")
         print("| detector + gate | " + " | ".join(n for n, imgs in sets if imgs) + " |")
         print("|---|" + "---|" * sum(1 for _, imgs in sets if imgs))
         timed = [run_timing(cands, imgs) for _, imgs in sets if imgs]
         for name in cands:
             cells = []
             for t in timed:
-                base, gate = t.get(COVERAGE_BASELINE), t.get("centerface + face-mesh")
+                base, gate = t.get(COVERAGE_BASELINE), t.get("centerface upright + face-mesh")
                 cells.append(f"{t[name]:.0f} ms" + (f", {t[name] / base:.2f}x" if base else "") +
                              (f" ({t[name] / gate:.2f}x)" if gate else ""))
             print(f"| {name} | " + " | ".join(cells) + " |")

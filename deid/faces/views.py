@@ -82,7 +82,9 @@ def map_face(f: Face, inv: np.ndarray, w: int, h: int, view: str, member: int) -
 def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 1) -> list[Face]:
     """Weighted box fusion of ``(face, member, view)`` detections (module docstring): greedily
     by descending score, a detection joins the first cluster with a box it overlaps with IoU >=
-    ``threshold``; a cluster is kept when at least ``min_votes`` distinct members found it."""
+    ``threshold``; a cluster is kept when at least ``min_votes`` distinct members found it. Its
+    box is the score-weighted mean of its upright detections' boxes when it has any (a face the
+    upright pass finds keeps the box it always had), else of all its boxes."""
     clusters: list[list[tuple[Face, int, str]]] = []
     for item in sorted(found, key=lambda t: -t[0].score):
         for c in clusters:
@@ -95,10 +97,11 @@ def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 
     for c in clusters:
         if len({member for _, member, _ in c}) < min_votes:
             continue
-        boxes = np.array([f.box for f, _, _ in c], dtype=np.float64)
-        wts = np.array([max(f.score, 1e-6) for f, _, _ in c])
-        bx = (boxes * wts[:, None]).sum(0) / wts.sum()
         upright = [f for f, _, view in c if view in ("", "tile")]
+        placed = upright or [f for f, _, _ in c]
+        boxes = np.array([f.box for f in placed], dtype=np.float64)
+        wts = np.array([max(f.score, 1e-6) for f in placed])
+        bx = (boxes * wts[:, None]).sum(0) / wts.sum()
         best = upright[0] if upright else c[0][0]
         out.append(Face(box=tuple(int(round(v)) for v in bx), score=max(f.score for f, _, _ in c),
                         landmarks5=best.landmarks5, landmark_layout=best.landmark_layout, dlib_box=best.dlib_box))
