@@ -265,6 +265,8 @@ class MTCNNDetector(DetectorBase):
 
     #: raw() -> clipped Faces in input pixels with their dlib_box (max_side undone): CenterFace's mapping
     detect = CenterFaceDetector.detect
+    _faces = CenterFaceDetector._faces
+    rotations = ()  # upright only (CenterFace's turned views are its own option)
 
 
 Score = Annotated[float, Field(ge=0, le=1)]

@@ -135,6 +135,8 @@ class SCRFDDetector(DetectorBase):
 
     #: raw() -> clipped Faces in input pixels with their dlib_box (max_side undone): CenterFace's mapping
     detect = CenterFaceDetector.detect
+    _faces = CenterFaceDetector._faces
+    rotations = ()  # upright only (CenterFace's turned views are its own option)
 
 
 class SCRFDParams(DetectorParams):
