@@ -43,14 +43,14 @@ def test_other_format_names_the_file_and_both_versions(tmp_path):
     with pytest.raises(NpzError, match=r"bank\.npz: stranger bank format 2, expected 1; remove it"):
         load_npz(path, "stranger bank", 1)
     save_npz(path, {"x": np.zeros(1)})
-    with pytest.raises(NpzError, match=r"bank\.npz: no format in it, expected a stranger bank \(\.npz, format 1\)"):
+    with pytest.raises(NpzError, match=r"bank\.npz: no format in it, expected stranger bank \(\.npz, format 1\)"):
         load_npz(path, "stranger bank", 1)
 
 
 def test_missing_key_truncated_file_and_pickles_are_errors(tmp_path):
     path = tmp_path / "d.npz"
     save_npz(path, {"ws": np.zeros((2, 3))}, {"a": 1}, version=1)
-    with pytest.raises(NpzError, match=r"d\.npz: a directions without crops, points"):
+    with pytest.raises(NpzError, match=r"d\.npz: directions without crops, points"):
         load_npz(path, "directions", 1, required=["ws", "crops", "points"])
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])                      # a half file (a crash of another writer)

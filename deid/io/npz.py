@@ -78,13 +78,13 @@ def load_npz(path: str | os.PathLike, kind: str, version: int | None = None, *, 
         raise NpzError(f"{os.fspath(path)}: not a readable {what}: {exc}; {again}") from None
     if version is not None:
         if FORMAT_KEY not in arrays:
-            raise NpzError(f"{os.fspath(path)}: no format in it, expected a {what}; {again}")
+            raise NpzError(f"{os.fspath(path)}: no format in it, expected {what}; {again}")
         found = arrays.pop(FORMAT_KEY)
         if found.shape != () or found.dtype.kind not in "iu" or int(found) != version:
             raise NpzError(f"{os.fspath(path)}: {kind} format {found.tolist()!r}, expected {version}; {again}")
     missing = [k for k in required if k not in arrays]
     if missing:
-        raise NpzError(f"{os.fspath(path)}: a {kind} without {', '.join(missing)}; {again}")
+        raise NpzError(f"{os.fspath(path)}: {kind} without {', '.join(missing)}; {again}")
     meta: dict = {}
     if meta_key in arrays:
         raw = arrays.pop(meta_key)
