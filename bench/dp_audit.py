@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 from deid.anonymize import make_anonymizer
 from deid.evaluate.dp_audit import (
     DEFAULT_MAX_FACES,
@@ -24,27 +22,9 @@ from deid.evaluate.dp_audit import (
     DEFAULT_TRIALS,
     public_codes,
 )
-from deid.privacy.audit_dp import Claim, audit_mechanism
-from deid.privacy.mechanisms import LatentMechanism, add_noise, clip
+from deid.privacy.audit_dp import Claim, audit_mechanism, broken_for_testing
 
 LATENT = {"backend": "pca", "uri": "builtin:eigenfaces"}
-
-
-class UnclippedDim(LatentMechanism):
-    """Broken on purpose: dimension ``j`` is not clipped."""
-
-    def __init__(self, *args, j: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.j = j
-
-    def __call__(self, z, *, test_seed=None):
-        c = clip(z, self.lo, self.hi)
-        c[self.j] = z[self.j]
-        noised = add_noise(c[self.mask], self.calibrated, test_seed=test_seed)
-        out = np.asarray(z, dtype=np.float64).copy()
-        out[self.mask] = noised.z
-        out[~self.mask] = self.public_values[~self.mask]
-        return type(noised)(out, self.calibrated, noised.test_mode, noised.sampler, self.dp_scope)
 
 
 def settings():
@@ -54,14 +34,12 @@ def settings():
 
     def broken_noise(eps):
         m = make_anonymizer("dp-image", {"epsilon": eps}, LATENT)
-        b = LatentMechanism(m.model.lower, m.model.upper, mechanism="laplace", epsilon=10 * eps,
-                            noise_dims=m.mechanism.mask, public_values=m.model.mean)
+        b = broken_for_testing(m.mechanism, "noise-too-small", factor=10.0)
         return m, b, Claim.of(m.calibrated), {}
 
     def unclipped(eps, corners):
         m = make_anonymizer("dp-image", {"epsilon": eps}, LATENT)
-        b = UnclippedDim(m.model.lower, m.model.upper, mechanism="laplace", epsilon=eps,
-                         noise_dims=m.mechanism.mask, public_values=m.model.mean, j=5)
+        b = broken_for_testing(m.mechanism, "unclipped-dim", j=5)
         return m, b, None, {"corners": corners}
 
     return {

@@ -48,26 +48,11 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+from common import one_face_photos  # noqa: E402
 from deid.anonymize import make_anonymizer  # noqa: E402
-from deid.faces.dlib_backend import DlibDetector  # noqa: E402
-from deid.io.decode import decode_image  # noqa: E402
 from deid.latent import paste_back  # noqa: E402
-
-
-def one_face_photos(root: Path, n: int) -> list[tuple[np.ndarray, list]]:
-    det = DlibDetector()
-    out = []
-    for p in sorted(root.glob("*/*.jpg")):
-        rgb = decode_image(p.read_bytes(), max_pixels=64_000_000, name=str(p)).rgb
-        if rgb.shape[:2] != (250, 250):
-            continue
-        faces = det.detect(rgb)
-        if len(faces) == 1:
-            out.append((rgb, faces))
-        if len(out) == n:
-            break
-    return out
 
 
 def timeit(fn, args_cycle, reps: int, warmup: int = 20) -> tuple[float, float]:
@@ -102,7 +87,7 @@ def main(argv=None) -> int:
     print(f"# cpu affinity {sorted(os.sched_getaffinity(0))}, threads=1, python {platform.python_version()}, "
           f"numpy {np.__version__}, opendp {version('opendp')}; "
           f"load avg {os.getloadavg()[0]:.2f}")
-    photos = one_face_photos(Path(a.data), a.photos)
+    photos = one_face_photos(Path(a.data), a.photos, size=(250, 250))
     params = {"epsilon": a.epsilon} if a.noise_dims is None else {"epsilon": a.epsilon, "noise_dims": a.noise_dims}
     anon = make_anonymizer("dp-image", params, None)
     m, mech = anon.model, anon.mechanism

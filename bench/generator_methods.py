@@ -30,23 +30,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def _faces(n: int):
-    from PIL import Image
-
-    from deid.faces.registry import make_detector
-
-    det = make_detector({"backend": "dlib-hog"})
-    out = []
-    for p in sorted((ROOT / "manifests" / "samples" / "lfw").glob("*/*.jpg")):
-        rgb = np.asarray(Image.open(p).convert("RGB"))
-        faces = det.detect(rgb)
-        if len(faces) == 1:
-            out.append((rgb, faces))
-        if len(out) == n:
-            break
-    return out
+from common import one_face_photos  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +49,7 @@ def main() -> None:
     from deid.latent.search import invert
 
     model = load_latent_model({"backend": "mobilestylegan", "runtime": "openvino"})
-    photos = _faces(a.faces)
+    photos = one_face_photos(ROOT / "manifests" / "samples" / "lfw", a.faces)
     crops = [model.align(rgb, f[0])[0] for rgb, f in photos]
     rows: dict[str, list[float]] = {}
 

@@ -20,12 +20,13 @@ from deid.evaluate.dp_audit import public_codes
 from deid.privacy.audit_dp import (
     Claim,
     audit_mechanism,
+    broken_for_testing,
     clopper_pearson_upper,
     corner_pair,
     epsilon_lower_bound,
     worst_case_pairs,
 )
-from deid.privacy.mechanisms import LatentMechanism, add_noise, clip
+from deid.privacy.mechanisms import clip
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REF = REPO.parent / "shared" / "data" / "lfw-public-ref"
@@ -113,35 +114,19 @@ def test_real_gaussian_mechanism_is_consistent(codes):
 def test_noise_ten_times_too_small_is_caught(codes):
     claimed = dp_image(1.0)
     # a real OpenDP mechanism whose noise is for epsilon 10, claiming epsilon 1
-    broken = LatentMechanism(claimed.model.lower, claimed.model.upper, mechanism="laplace", epsilon=10.0,
-                             noise_dims=claimed.mechanism.mask, public_values=claimed.model.mean)
+    broken = broken_for_testing(claimed.mechanism, "noise-too-small")
+    assert broken.calibrated.epsilon == 10.0 and np.array_equal(broken.mask, claimed.mechanism.mask)
     assert broken.calibrated.noise_scale == pytest.approx(claimed.calibrated.noise_scale / 10, rel=1e-6)
     r = audit_mechanism(broken, codes, pairs=1, trials=TRIALS, claim=Claim.of(claimed.calibrated))
     assert r["epsilon_lb"] > 1.0 and r["verdict"] == "VIOLATION"
 
 
-class UnclippedDim(LatentMechanism):
-    """A deliberately broken LatentMechanism: dimension ``j`` is not clipped (a real bug's shape)."""
-
-    def __init__(self, *args, j: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.j = j
-
-    def __call__(self, z, *, test_seed=None):
-        c = clip(z, self.lo, self.hi)
-        c[self.j] = z[self.j]
-        noised = add_noise(c[self.mask], self.calibrated, test_seed=test_seed)
-        out = np.asarray(z, dtype=np.float64).copy()
-        out[self.mask] = noised.z
-        out[~self.mask] = self.public_values[~self.mask]
-        return type(noised)(out, self.calibrated, noised.test_mode, noised.sampler, self.dp_scope)
-
-
 def test_one_unclipped_dimension_is_caught(codes):
     claimed = dp_image(1.0)
     j = 5
-    broken = UnclippedDim(claimed.model.lower, claimed.model.upper, mechanism="laplace", epsilon=1.0,
-                          noise_dims=claimed.mechanism.mask, public_values=claimed.model.mean, j=j)
+    broken = broken_for_testing(claimed.mechanism, "unclipped-dim", j=j)
+    assert (broken.calibrated.epsilon, broken.calibrated.noise_scale) == \
+        (claimed.calibrated.epsilon, claimed.calibrated.noise_scale)   # it claims what the correct one does
     # a pair that exceeds the bound in that dimension: a public face, and the same face with
     # dimension j far above the public bound (correctly clipped, the two differ by < range_j)
     a = codes[0]

@@ -45,7 +45,7 @@ from pydantic import Field, field_validator
 
 from deid.anonymize.ppas import AttributePolicy, PpasParams, Reference, attribute_facts, rr_release, select
 from deid.anonymize.registry import METHODS
-from deid.anonymize.swap import SwapParams, _eyes, _generator
+from deid.anonymize.swap import StrangerMethod, SwapParams
 from deid.faces.types import Face
 from deid.facts import FaceFacts
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
@@ -149,24 +149,19 @@ _SETS: dict[str, Any] = {}
 _SETS_LOCK = threading.Lock()
 
 
-class AttributeMethod:
+class AttributeMethod(StrangerMethod):
     name = "attribute"
+    params_class = AttributeMethodParams
     dp_scope = "attributes"
     wants_subject_keys = False
 
     def __init__(self, params: AttributeMethodParams | dict | None = None, latent: Any = None, mesher: Any = None):
-        self.params = p = params if isinstance(params, AttributeMethodParams) else \
-            AttributeMethodParams.model_validate(params or {})
-        if latent is None:
-            raise ValueError("attribute needs a generator latent model (latent.backend: a generator)")
+        p = self._setup(params, latent, mesher)
         from deid.anonymize.directions import Labeller
         from deid.anonymize.strangers import POSE_POINTS
-        from deid.anonymize.swap_ops import delaunay
         from deid.attributes.registry import make_estimator
-        from deid.faces.facemesh_backend import FaceMeshDetector
 
-        self.mesher = mesher or FaceMeshDetector()
-        self.model = _generator(latent).model
+        self.model = self.generator.model
         self.estimators = {n: make_estimator(n, prm) for n, prm in p.estimators.items()}
         owner = {s.name: (n, s) for n, e in self.estimators.items() for s in e.specs}
         missing = [a for a in p.attributes if a not in owner]
@@ -182,8 +177,7 @@ class AttributeMethod:
         self.adopted_extra = (attribute_facts_of(self.ppas_params, self.specs),)
         self.labeller = Labeller(self.mesher, self.used.values())
         self.set = self._directions()
-        self.bank = self.set.bank
-        self.tris = delaunay(self.bank.points.mean(0))
+        self._use_bank(self.set.bank)
         idx = [i for i in POSE_POINTS if "mouth" not in p.attributes or i not in LIP_POINTS]
         self._pose_idx = idx
         self._shapes = _pose_shape(self.bank.points, idx)
@@ -205,7 +199,7 @@ class AttributeMethod:
         from deid.anonymize.directions import Directions, cache_dir, directions_key, generate_bank, learn
 
         p = self.params
-        mesh_fp = hashlib.sha256(Path(self.mesher.mesh_file).read_bytes()).hexdigest()
+        mesh_fp = self.mesh_fingerprint()
         plugins = {n: self.used[n].__class__.__name__ + json.dumps(p.estimators[n], sort_keys=True) for n in self.used}
         attrs = tuple(sorted(s.name for e in self.used.values() for s in e.specs))
         key = directions_key(self.model.fingerprint, mesh_fp, {**plugins, "attrs": list(attrs)}, p.bank_size,
@@ -242,13 +236,6 @@ class AttributeMethod:
             return found
 
     # ------------------------------------------------------------------ one face
-    def mesh_of(self, rgb: np.ndarray, face: Face) -> np.ndarray | None:
-        if face.mesh is not None:
-            return np.asarray(face.mesh, dtype=np.float64)[:, :2]
-        le, re = _eyes(face)
-        pts, _ = self.mesher.mesh(rgb, np.asarray(face.box, dtype=np.float64), np.stack([le, re] * 3))
-        return pts[:, :2] if np.isfinite(pts).all() else None
-
     def choose(self, points: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> int:
         """Among the ``candidates`` nearest in pose, one of those matching most target values (or
         among the 4 x ``candidates`` nearest, when they hold a better match)."""

@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -116,41 +115,45 @@ class Directions:
 
     # -- storage
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from fsspec.implementations.local import LocalFileSystem
+
+        from deid.io.npz import save_npz
+        from deid.io.write import atomic_write
+
         names = list(self.directions)
         d = [self.directions[n] for n in names]
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, format=np.array(FORMAT), ws=self.bank.ws, crops=self.bank.crops, points=self.bank.points,
-                     labels=self.bank.labels, attributes=np.array(self.bank.attributes),
-                     names=np.array(names), normals=np.stack([x.normal for x in d]),
-                     scalars=np.array([[x.offset, x.split, x.score_std, x.accuracy, x.n_train, x.n_test] for x in d]),
-                     meta=np.frombuffer(json.dumps({"meta": self.meta, "specs": {
-                         x.attribute: {"values": list(x.values), "ordered": x.ordered, "counts": list(x.counts)}
-                         for x in d}}).encode(), dtype=np.uint8))
-        os.replace(tmp, path)
+        save_npz(path, {"ws": self.bank.ws, "crops": self.bank.crops, "points": self.bank.points,
+                        "labels": self.bank.labels, "attributes": np.array(self.bank.attributes),
+                        "names": np.array(names), "normals": np.stack([x.normal for x in d]),
+                        "scalars": np.array([[x.offset, x.split, x.score_std, x.accuracy, x.n_train, x.n_test]
+                                             for x in d])},
+                 {"meta": self.meta, "specs": {x.attribute: {"values": list(x.values), "ordered": x.ordered,
+                                                             "counts": list(x.counts)} for x in d}},
+                 version=FORMAT)
         card = path.with_suffix(".json")
-        tmp = card.with_name(f".{card.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.card(), indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, card)
+        text = json.dumps(self.card(), indent=1, sort_keys=True) + "\n"
+        atomic_write(LocalFileSystem(), str(card), text.encode())
 
     @classmethod
     def load(cls, path: Path) -> "Directions":
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["format"]) != FORMAT:
-                raise ValueError(f"{path}: directions format {int(z['format'])}, expected {FORMAT}")
-            extra = json.loads(z["meta"].tobytes().decode())
-            bank = AttributeBank(ws=z["ws"].astype(np.float32), crops=np.ascontiguousarray(z["crops"]),
-                                 points=z["points"].astype(np.float32), labels=z["labels"].astype(np.int16),
-                                 attributes=tuple(str(a) for a in z["attributes"]))
-            dirs = {}
-            for n, normal, s in zip(z["names"], z["normals"], z["scalars"]):
-                n = str(n)
-                spec = extra["specs"][n]
-                dirs[n] = Direction(n, tuple(spec["values"]), bool(spec["ordered"]), normal.astype(np.float64),
-                                    float(s[0]), int(s[1]), float(s[2]), float(s[3]), int(s[4]), int(s[5]),
-                                    tuple(int(c) for c in spec["counts"]))
+        from deid.io.npz import load_npz
+
+        z, extra = load_npz(path, "directions", FORMAT, required=_KEYS)
+        bank = AttributeBank(ws=z["ws"].astype(np.float32), crops=np.ascontiguousarray(z["crops"]),
+                             points=z["points"].astype(np.float32), labels=z["labels"].astype(np.int16),
+                             attributes=tuple(str(a) for a in z["attributes"]))
+        dirs = {}
+        for n, normal, s in zip(z["names"], z["normals"], z["scalars"]):
+            n = str(n)
+            spec = extra["specs"][n]
+            dirs[n] = Direction(n, tuple(spec["values"]), bool(spec["ordered"]), normal.astype(np.float64),
+                                float(s[0]), int(s[1]), float(s[2]), float(s[3]), int(s[4]), int(s[5]),
+                                tuple(int(c) for c in spec["counts"]))
         return cls(bank, dirs, extra["meta"])
+
+
+#: the arrays of a directions file (beside ``format`` and the ``meta`` card)
+_KEYS = ("ws", "crops", "points", "labels", "attributes", "names", "normals", "scalars")
 
 
 def directions_key(generator_fingerprint: str, mesh_fingerprint: str, plugins: Mapping[str, dict], n: int,

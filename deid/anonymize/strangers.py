@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -80,20 +79,18 @@ class StrangerBank:
         return np.argsort(d, kind="stable")[:k]
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, crops=self.crops, points=self.points, fingerprint=np.array(self.fingerprint),
-                     format=np.array(BANK_FORMAT))
-        os.replace(tmp, path)
+        from deid.io.npz import save_npz
+
+        save_npz(path, {"crops": self.crops, "points": self.points, "fingerprint": np.array(self.fingerprint)},
+                 version=BANK_FORMAT)
 
     @classmethod
     def load(cls, path: Path) -> "StrangerBank":
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["format"]) != BANK_FORMAT:
-                raise ValueError(f"{path}: stranger bank format {int(z['format'])}, expected {BANK_FORMAT}")
-            return cls(crops=np.ascontiguousarray(z["crops"]), points=z["points"].astype(np.float32),
-                       fingerprint=str(z["fingerprint"]))
+        from deid.io.npz import load_npz
+
+        z, _ = load_npz(path, "stranger bank", BANK_FORMAT, required=("crops", "points", "fingerprint"))
+        return cls(crops=np.ascontiguousarray(z["crops"]), points=z["points"].astype(np.float32),
+                   fingerprint=str(z["fingerprint"]))
 
 
 def crop_face(image: np.ndarray, mesh_xy: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

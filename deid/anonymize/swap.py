@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import logging
 import threading
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -105,7 +106,43 @@ def mesh_points(mesher: Any, rgb: np.ndarray, face: Face, own: bool = True) -> n
     return pts[:, :2] if np.isfinite(pts).all() else None
 
 
-class SyntheticSwap:
+class StrangerMethod:
+    """What ``synthetic-swap`` and ``attribute`` share: the params (validated by
+    :attr:`params_class`), the face mesh, the generator of the strangers, a bank of them (crops
+    and meshes) with the triangulation of its mean mesh, and each face's mesh."""
+
+    name: str
+    params_class: type[SwapParams] = SwapParams
+
+    def _setup(self, params: Any, latent: Any, mesher: Any) -> Any:
+        """Set ``params``, ``mesher`` (a new face mesh unless given) and ``generator``; returns the params."""
+        self.params = params if isinstance(params, self.params_class) else \
+            self.params_class.model_validate(params or {})
+        if latent is None:
+            raise ValueError(f"{self.name} needs a generator latent model (latent.backend: a generator)")
+        from deid.faces.facemesh_backend import FaceMeshDetector
+
+        self.mesher = mesher or FaceMeshDetector()
+        self.generator = _generator(latent)
+        return self.params
+
+    def _use_bank(self, bank: Any) -> None:
+        """``bank`` (``crops``, ``points``) and ``tris``, the Delaunay triangles of its mean mesh."""
+        from deid.anonymize.swap_ops import delaunay
+
+        self.bank = bank
+        self.tris = delaunay(bank.points.mean(0))
+
+    def mesh_fingerprint(self) -> str:
+        """sha256 of the face mesh's model file (a part of the key of every bank built with it)."""
+        return hashlib.sha256(Path(self.mesher.mesh_file).read_bytes()).hexdigest()
+
+    def mesh_of(self, rgb: np.ndarray, face: Face) -> np.ndarray | None:
+        """The face's 468 mesh points (image pixels): its own, or the face mesh run on its box."""
+        return mesh_points(self.mesher, rgb, face)
+
+
+class SyntheticSwap(StrangerMethod):
     name = "synthetic-swap"
     dp_scope = "none"
     release = None
@@ -113,26 +150,18 @@ class SyntheticSwap:
     wants_subject_keys = False
 
     def __init__(self, params: SwapParams | dict | None = None, latent: Any = None, mesher: Any = None):
-        self.params = params if isinstance(params, SwapParams) else SwapParams.model_validate(params or {})
+        self._setup(params, latent, mesher)
         self.wants_subject_keys = self.params.stable == "keyed"
-        if latent is None:
-            raise ValueError("synthetic-swap needs a generator latent model (latent.backend: a generator)")
-        from deid.faces.facemesh_backend import FaceMeshDetector
-
         self.latent = latent
-        self.mesher = mesher or FaceMeshDetector()
-        self.bank = self._bank()
-        from deid.anonymize.swap_ops import delaunay
-
-        self.tris = delaunay(self.bank.points.mean(0))
+        self._use_bank(self._bank())
 
     # ------------------------------------------------------------------ the bank
     def _bank(self):
         from deid.anonymize.strangers import StrangerBank, bank_key, build_bank, cache_dir
 
         p = self.params
-        gen = _generator(self.latent)
-        mesh_fp = hashlib.sha256(open(self.mesher.mesh_file, "rb").read()).hexdigest()
+        gen = self.generator
+        mesh_fp = self.mesh_fingerprint()
         key = bank_key(gen.fingerprint, mesh_fp, p.bank_size, p.bank_crop, p.truncation)
         path = cache_dir(p.bank_dir) / f"bank-{key}.npz"
         with _BANKS_LOCK:
@@ -164,10 +193,6 @@ class SyntheticSwap:
         return bank
 
     # ------------------------------------------------------------------ one face
-    def mesh_of(self, rgb: np.ndarray, face: Face) -> np.ndarray | None:
-        """The face's 468 mesh points (image pixels): its own, or the face mesh run on its box."""
-        return mesh_points(self.mesher, rgb, face)
-
     def choose(self, points: np.ndarray, rng: np.random.Generator, key: str | None) -> int:
         if self.params.stable == "keyed" and key:
             return _key_index(key, len(self.bank))

@@ -105,29 +105,29 @@ def fit_maps(anon: np.ndarray, orig: np.ndarray, seed: int = 0) -> tuple[dict, d
     return maps, report
 
 
+_LINEAR = ("W", "b")
+_MLP = ("mu", "sd", "W1", "b1", "W2", "b2", "ymu", "ysd")
+
+
 def _save(path: Path, maps: dict, report: dict) -> None:
+    from deid.io.npz import save_npz
+
     arrays = {f"linear.{k}": v for k, v in vars(maps["linear"]).items()}
     arrays.update({f"mlp.{k}": v for k, v in vars(maps["mlp"]).items()})
-    import io
-
-    from fsspec.implementations.local import LocalFileSystem
-
-    from deid.io.write import atomic_write
-
-    buf = io.BytesIO()
-    np.savez(buf, report=np.array(json.dumps(report)), **arrays)
-    atomic_write(LocalFileSystem(), str(path), buf.getvalue())
+    save_npz(path, arrays, report, meta_key="report", meta_text=True)  # the layout of earlier caches
 
 
 def _load(path: Path) -> tuple[dict, dict] | None:
+    from deid.io.npz import load_npz
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            linear = LinearMap(**{k: z[f"linear.{k}"] for k in ("W", "b")})
-            mlp = MLPMap(**{k: z[f"mlp.{k}"] for k in ("mu", "sd", "W1", "b1", "W2", "b2", "ymu", "ysd")})
-            report = json.loads(str(z["report"]))
-    except (OSError, KeyError, ValueError) as exc:
+        z, report = load_npz(path, "aware-attacker maps", meta_key="report",
+                             required=[f"linear.{k}" for k in _LINEAR] + [f"mlp.{k}" for k in _MLP] + ["report"])
+    except ValueError as exc:
         log.warning("%s: ignoring the cached aware-attacker maps (%s)", path, exc)
         return None
+    linear = LinearMap(**{k: z[f"linear.{k}"] for k in _LINEAR})
+    mlp = MLPMap(**{k: z[f"mlp.{k}"] for k in _MLP})
     return {"linear": linear, "mlp": mlp}, report
 
 

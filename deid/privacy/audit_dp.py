@@ -53,6 +53,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deid.privacy.mechanisms import LatentMechanism, add_noise, clip
+
 #: The probe corners lie this many sensitivities beyond the clip bounds in every dimension.
 CORNER_MARGIN = 100.0
 #: Candidate thresholds per test (quantiles of the training statistics).
@@ -382,3 +384,53 @@ def format_table(result: dict) -> str:
                  f"{rel} claimed {c['epsilon']:g}: {result['verdict']}  ({result['releases']} releases, "
                  f"{result['seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Broken on purpose: for the audit's own tests and bench only; never used by a run
+#
+# The audit is only worth something if it catches mechanisms that do not keep their claim.
+# tests/test_audit_dp.py and bench/dp_audit.py check that it does on these two: no method,
+# manifest field or command of deid builds them.
+
+#: the broken mechanisms :func:`broken_for_testing` builds
+BROKEN_KINDS = ("noise-too-small", "unclipped-dim")
+
+
+def broken_for_testing(correct: LatentMechanism, kind: str, *, factor: float = 10.0,
+                       j: int = 5) -> LatentMechanism:
+    """A deliberately broken copy of the :class:`~deid.privacy.mechanisms.LatentMechanism`
+    ``correct`` (same bounds, noised dimensions and public values), for the audit to catch.
+    FOR THE AUDIT'S OWN TESTS AND BENCH ONLY; NEVER USED BY A RUN.
+
+    * ``"noise-too-small"``: a real OpenDP mechanism calibrated for ``factor`` x ``correct``'s
+      epsilon (its noise scale 1/``factor`` of the claim's); audit it with
+      ``claim=Claim.of(correct.calibrated)``, the claim it fails to keep;
+    * ``"unclipped-dim"``: ``correct``'s own claim, but dimension ``j`` is not clipped before
+      the noise (the shape of a real bug); its own ``calibrated`` is the claim it fails to keep.
+    """
+    c = correct.calibrated
+    common = {"mechanism": c.mechanism, "delta": c.delta, "noise_dims": correct.mask,
+              "public_values": correct.public_values}
+    if kind == "noise-too-small":
+        return LatentMechanism(correct.lo, correct.hi, epsilon=factor * c.epsilon, **common)
+    if kind == "unclipped-dim":
+        return _UnclippedDim(correct.lo, correct.hi, epsilon=c.epsilon, j=j, **common)
+    raise ValueError(f"broken_for_testing: kind {kind!r}, expected one of {', '.join(BROKEN_KINDS)}")
+
+
+class _UnclippedDim(LatentMechanism):
+    """Broken on purpose: dimension ``j`` is not clipped (:func:`broken_for_testing`)."""
+
+    def __init__(self, *args, j: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.j = j
+
+    def __call__(self, z, *, test_seed=None):
+        c = clip(z, self.lo, self.hi)
+        c[self.j] = z[self.j]
+        noised = add_noise(c[self.mask], self.calibrated, test_seed=test_seed)
+        out = np.asarray(z, dtype=np.float64).copy()
+        out[self.mask] = noised.z
+        out[~self.mask] = self.public_values[~self.mask]
+        return type(noised)(out, self.calibrated, noised.test_mode, noised.sampler, self.dp_scope)
