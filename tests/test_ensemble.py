@@ -59,6 +59,33 @@ def test_fusion_keeps_every_detection_covered_and_merges_only_overlaps(dets, thr
     assert len(fuse(found, threshold, min_votes=len({m for _, _, m in dets}) + 1)) == 0
 
 
+_views = st.sampled_from(["", "", "rot90", "rot270", "tilt+", "tilt-"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_box, st.floats(0.01, 1.0), _views), max_size=12), st.floats(0.1, 0.9))
+def test_fusion_of_upright_and_turned_views_leaves_every_detection_under_some_face(dets, threshold):
+    """Recall first, with the turned views' rule (a cluster holding an upright detection takes
+    the upright box): every detection, of any view, still overlaps some fused face; a turned
+    detection elsewhere under a large box comes back as a face of its own."""
+    found = [(Face(box=b, score=s, landmarks5=np.zeros((5, 2))), 0, v) for b, s, v in dets]
+    fused = fuse(found, threshold)
+    assert len(fused) <= len(found)
+    for f, _, _ in found:
+        assert any(iou(f.box, g.box) > 0 for g in fused), f.box
+
+
+def test_a_turned_detection_beside_the_upright_box_of_its_cluster_is_a_face_of_its_own():
+    """Known answer: a large box from a tilted view (best score) overlaps an upright face on its
+    left and a face on its right that only a turned view found; the cluster takes the upright
+    box, and the right-hand face comes back on its own instead of being dropped."""
+    big = (Face(box=(0, 0, 100, 100), score=0.9, landmarks5=np.zeros((5, 2))), 0, "tilt+")
+    left = (Face(box=(0, 0, 50, 100), score=0.8, landmarks5=np.zeros((5, 2))), 0, "")
+    right = (Face(box=(55, 0, 100, 100), score=0.7, landmarks5=np.zeros((5, 2))), 0, "rot90")
+    boxes = sorted(f.box for f in fuse([big, left, right], 0.4))
+    assert boxes == [(0, 0, 50, 100), (55, 0, 100, 100)], boxes
+
+
 def test_tta_min_score_holds_only_the_rotated_views_to_a_higher_score():
     """The lying face is found only in the rot270 view: a floor above its score drops it, a
     floor below keeps it; the upright photo's face (the unrotated view) ignores the floor."""

@@ -17,7 +17,7 @@ the photo's pixels and fused with the upright detections.
   would be ~1.4x the face at 45 degrees, and would not overlap the same face's upright box
   enough to fuse with it); exact for 90-degree turns; landmarks point by point;
 * :func:`fuse`: weighted box fusion, greedy by descending score (a detection joins a cluster
-  when it overlaps any of its boxes); a cluster's box is the score-weighted mean of its boxes
+  when it overlaps the cluster's best box); a cluster's box is the score-weighted mean of its boxes
   from views that map boxes exactly (upright, tiles, 90-degree turns) when it has any, else of
   all; its score the highest, its landmarks those of its best detection from an unrotated
   view (else its best one).
@@ -79,21 +79,29 @@ def map_face(f: Face, inv: np.ndarray, w: int, h: int, view: str, member: int) -
                 dlib_box=dlib_box), member, view
 
 
+#: a turned view's detection overlapping its cluster's upright box less than this is another face
+APART_IOU = 0.1
+
+
 def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 1) -> list[Face]:
     """Weighted box fusion of ``(face, member, view)`` detections (module docstring): greedily
-    by descending score, a detection joins the first cluster with a box it overlaps with IoU >=
-    ``threshold``; a cluster is kept when at least ``min_votes`` distinct members found it. Its
+    by descending score, a detection joins the first cluster whose first (best) box it overlaps
+    with IoU >= ``threshold`` (matching any member would chain clusters across neighbours); a
+    cluster is kept when at least ``min_votes`` distinct members found it. Its
     box is the score-weighted mean of its upright detections' boxes when it has any (a face the
-    upright pass finds keeps the box it always had), else of all its boxes."""
+    upright pass finds keeps the box it always had), else of all its boxes; a turned view's
+    detection that such an upright box overlaps with IoU under :data:`APART_IOU` (somewhere
+    else: a second face under one large box) is fused again with the others of its kind, as
+    faces of their own (recall first: nothing found is dropped)."""
     clusters: list[list[tuple[Face, int, str]]] = []
     for item in sorted(found, key=lambda t: -t[0].score):
         for c in clusters:
-            if any(iou(f.box, item[0].box) >= threshold for f, _, _ in c):
+            if iou(c[0][0].box, item[0].box) >= threshold:
                 c.append(item)
                 break
         else:
             clusters.append([item])
-    out = []
+    out, apart = [], []
     for c in clusters:
         if len({member for _, member, _ in c}) < min_votes:
             continue
@@ -101,9 +109,12 @@ def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 
         placed = upright or [f for f, _, _ in c]
         boxes = np.array([f.box for f in placed], dtype=np.float64)
         wts = np.array([max(f.score, 1e-6) for f in placed])
-        bx = (boxes * wts[:, None]).sum(0) / wts.sum()
+        box = tuple(int(round(v)) for v in (boxes * wts[:, None]).sum(0) / wts.sum())
+        if upright:  # a turned view's detection the upright box does not cover is a face of its own
+            apart += [t for t in c if t[2] not in ("", "tile") and iou(t[0].box, box) < APART_IOU]
         best = upright[0] if upright else c[0][0]
-        out.append(Face(box=tuple(int(round(v)) for v in bx), score=max(f.score for f, _, _ in c),
+        out.append(Face(box=box, score=max(f.score for f, _, _ in c),
                         landmarks5=best.landmarks5, landmark_layout=best.landmark_layout, dlib_box=best.dlib_box))
+    out += fuse(apart, threshold, 1) if apart else []  # no upright detections among them: no further split
     out.sort(key=lambda f: (f.box[1], f.box[0]))
     return out
