@@ -86,6 +86,28 @@ def test_a_turned_detection_beside_the_upright_box_of_its_cluster_is_a_face_of_i
     assert boxes == [(0, 0, 50, 100), (55, 0, 100, 100)], boxes
 
 
+def test_a_turned_only_box_over_upright_faces_is_dropped_and_one_beside_them_kept():
+    """Known answer: a box that only a turned view found, lying 80% under two upright faces'
+    boxes (a box across neighbours), is dropped; one lying 40% under them is kept."""
+    lm = np.zeros((5, 2))
+    a = (Face(box=(0, 0, 50, 100), score=0.8, landmarks5=lm), 0, "")
+    b = (Face(box=(50, 0, 100, 100), score=0.8, landmarks5=lm), 0, "")
+    across = (Face(box=(10, 0, 90, 100), score=0.9, landmarks5=lm), 0, "tilt-")  # IoU 0.4 with a and b: < 0.5
+    assert sorted(f.box for f in fuse([a, b, across], 0.5)) == [(0, 0, 50, 100), (50, 0, 100, 100)]
+    beside = (Face(box=(60, 0, 160, 100), score=0.9, landmarks5=lm), 0, "tilt-")  # 40% under b
+    assert (60, 0, 160, 100) in [f.box for f in fuse([a, b, beside], 0.5)]
+
+
+def test_the_demo_photo_gets_no_box_across_two_neighbours():
+    """2008_002079: the tilt- view finds one box over the two adjacent faces at the right, which
+    the upright pass finds one by one; the default CenterFace keeps the two, not the third."""
+    rgb = np.asarray(Image.open(GROUP_PHOTO).convert("RGB"))
+    faces = make_detector({"backend": "centerface"}).detect(rgb)
+    right = [f.box for f in faces if f.box[0] > 400 and f.box[1] > 140]
+    assert len(right) == 2, right
+    assert all(iou(p, q) < 0.2 for i, p in enumerate(right) for q in right[i + 1:]), right
+
+
 def test_tta_min_score_holds_only_the_rotated_views_to_a_higher_score():
     """The lying face is found only in the rot270 view: a floor above its score drops it, a
     floor below keeps it; the upright photo's face (the unrotated view) ignores the floor."""

@@ -45,7 +45,7 @@ from deid.faces.base import DetectorBase, DetectorParams
 from deid.faces.onnx_runtime import check_rgb, default_providers, session_options
 from deid.faces.registry import DETECTORS
 from deid.faces.types import Face, clip_box, shrink_for_detection
-from deid.faces.views import Canvas, View, fuse, map_face, rotated_views
+from deid.faces.views import Canvas, View, fuse, gather, rotated_views, upright
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 #: Output names of the published model: heatmap, log box size (h, w), centre offset (y, x),
@@ -257,12 +257,10 @@ class CenterFaceDetector(DetectorBase):
         h, w = rgb.shape[:2]
         work, scale = shrink_for_detection(rgb, self.max_side)
         back = np.array([[1.0 / scale, 0, 0], [0, 1.0 / scale, 0], [0, 0, 1.0]])
-        found = [map_face(f, back[:2], w, h, "", 0) for f in self._faces(work)]
-        views = rotated_views(work, self.rotations, self.tilt, self.tilt_canvas) if self.rotations else ()
-        for view, img, inv in views:
-            to_input = (back @ np.vstack([inv, [0, 0, 1.0]]))[:2]
-            found += [map_face(f, to_input, w, h, view, 0) for f in self._faces(img, self.rotation_min_score)]
-        found = [t for t in found if t[0].box[2] - t[0].box[0] >= 2 and t[0].box[3] - t[0].box[1] >= 2]
+        views = [upright(work)]
+        views += rotated_views(work, self.rotations, self.tilt, self.tilt_canvas) if self.rotations else []
+        found = gather(views, back, w, h, lambda view, img: [
+            (f, 0) for f in self._faces(img, self.rotation_min_score if view else 0.0)])
         if not self.rotations:  # upright only: NMS has already made one box per face
             faces = [f for f, _, _ in found]
             faces.sort(key=lambda f: (f.box[1], f.box[0]))

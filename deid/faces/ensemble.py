@@ -34,7 +34,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from deid.faces.base import DetectorBase, DetectorParams
 from deid.faces.registry import DETECTORS, make_detector
 from deid.faces.types import Face, shrink_for_detection
-from deid.faces.views import Canvas, View, fuse, map_face, rotated_views
+from deid.faces.views import Canvas, View, fuse, gather, rotated_views, upright
 from deid.plugins import Licence, Needs, Plugin, validate_section
 
 class EnsembleParams(DetectorParams):
@@ -93,7 +93,7 @@ class EnsembleDetector(DetectorBase):
         import cv2
 
         h, w = rgb.shape[:2]
-        yield "", rgb, np.array([[1.0, 0, 0], [0, 1.0, 0]])
+        yield upright(rgb)
         yield from rotated_views(rgb, self.p.tta, self.p.tilt, self.p.tilt_canvas)
         if self.p.tiles and max(h, w) >= self.p.tile_min_side:
             s = self.p.tile_scale
@@ -110,14 +110,12 @@ class EnsembleDetector(DetectorBase):
         h, w = rgb.shape[:2]
         work, scale = shrink_for_detection(rgb, self.p.max_side)
         back = np.array([[1.0 / scale, 0, 0], [0, 1.0 / scale, 0], [0, 0, 1.0]])
-        found = []
-        for view, img, inv in self._views(work):
-            img = np.ascontiguousarray(img)
-            to_input = (back @ np.vstack([inv, [0, 0, 1.0]]))[:2]
+
+        def find(view: str, img: np.ndarray):
             floor = self.p.tile_min_score if view == "tile" else self.p.tta_min_score if view else 0.0
-            for k, det in enumerate(self.members):
-                found += [map_face(f, to_input, w, h, view, k) for f in det.detect(img) if f.score >= floor]
-        found = [t for t in found if t[0].box[2] - t[0].box[0] >= 2 and t[0].box[3] - t[0].box[1] >= 2]
+            return [(f, k) for k, det in enumerate(self.members) for f in det.detect(img) if f.score >= floor]
+
+        found = gather(self._views(work), back, w, h, find)
         return [f for f in fuse(found, self.p.iou, self.p.min_votes) if f.score >= self.p.min_score]
 
 

@@ -20,7 +20,11 @@ the photo's pixels and fused with the upright detections.
   when it overlaps the cluster's best box); a cluster's box is the score-weighted mean of its boxes
   from views that map boxes exactly (upright, tiles, 90-degree turns) when it has any, else of
   all; its score the highest, its landmarks those of its best detection from an unrotated
-  view (else its best one).
+  view (else its best one). A face only the turned views found whose box lies mostly
+  (:data:`COVERED`) under the boxes of faces the upright pass found is dropped: it is a box
+  across neighbouring faces that are anonymized anyway (2008_002079 of the demo: a tilted
+  view's box over two adjacent faces);
+* :func:`gather`: the detections of a detector on the photo and its views, in the photo's pixels.
 """
 
 from __future__ import annotations
@@ -62,6 +66,23 @@ def rotated_views(rgb: np.ndarray, views, tilt: float, canvas: str = "whole") ->
         yield view, np.ascontiguousarray(img), cv2.invertAffineTransform(m)
 
 
+def upright(rgb: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+    """The photo itself as a view: ``("", rgb, identity)``."""
+    return "", rgb, np.array([[1.0, 0, 0], [0, 1.0, 0]])
+
+
+def gather(views, back: np.ndarray, w: int, h: int, find) -> list[tuple[Face, int, str]]:
+    """``(face, member, view)`` in input pixels for every ``(view, image, view -> work matrix)``
+    of ``views``; ``find(view, image)`` gives ``(face, member)`` in the view's pixels and ``back``
+    (3x3) maps the work image (the photo as the detector saw it, perhaps shrunk) to the input
+    (``w`` x ``h``). Boxes under 2 px are dropped."""
+    found = []
+    for view, img, inv in views:
+        to_input = (back @ np.vstack([inv, [0, 0, 1.0]]))[:2]
+        found += [map_face(f, to_input, w, h, view, k) for f, k in find(view, np.ascontiguousarray(img))]
+    return [t for t in found if t[0].box[2] - t[0].box[0] >= 2 and t[0].box[3] - t[0].box[1] >= 2]
+
+
 def map_face(f: Face, inv: np.ndarray, w: int, h: int, view: str, member: int) -> tuple[Face, int, str]:
     """``f`` (found on a view) in input pixels; ``inv`` maps view pixels to input pixels."""
     x0, y0, x1, y1 = f.box
@@ -81,9 +102,23 @@ def map_face(f: Face, inv: np.ndarray, w: int, h: int, view: str, member: int) -
 
 #: a turned view's detection overlapping its cluster's upright box less than this is another face
 APART_IOU = 0.1
+#: a face only turned views found, with at least this fraction of its box under upright faces'
+#: boxes, is dropped (the recall bench's rule: a face is covered at 70% of its pixels)
+COVERED = 0.7
 
 
-def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 1) -> list[Face]:
+def covered_by(box, others) -> float:
+    """The fraction of ``box``'s area under the union of the ``others`` boxes."""
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0 or not others:
+        return 0.0
+    under = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    for ox0, oy0, ox1, oy1 in others:
+        under[max(oy0 - y0, 0):max(oy1 - y0, 0), max(ox0 - x0, 0):max(ox1 - x0, 0)] = True
+    return float(under.mean())
+
+
+def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 1, anchors=None) -> list[Face]:
     """Weighted box fusion of ``(face, member, view)`` detections (module docstring): greedily
     by descending score, a detection joins the first cluster whose first (best) box it overlaps
     with IoU >= ``threshold`` (matching any member would chain clusters across neighbours); a
@@ -92,7 +127,9 @@ def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 
     upright pass finds keeps the box it always had), else of all its boxes; a turned view's
     detection that such an upright box overlaps with IoU under :data:`APART_IOU` (somewhere
     else: a second face under one large box) is fused again with the others of its kind, as
-    faces of their own (recall first: nothing found is dropped)."""
+    faces of their own (recall first: a second face is not dropped for sharing a cluster). A
+    face no upright detection placed that lies :data:`COVERED` under upright-placed faces is
+    dropped (``anchors``: those boxes, given by the caller that re-fuses the apart ones)."""
     clusters: list[list[tuple[Face, int, str]]] = []
     for item in sorted(found, key=lambda t: -t[0].score):
         for c in clusters:
@@ -101,7 +138,7 @@ def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 
                 break
         else:
             clusters.append([item])
-    out, apart = [], []
+    out, apart, turned = [], [], []
     for c in clusters:
         if len({member for _, member, _ in c}) < min_votes:
             continue
@@ -113,8 +150,11 @@ def fuse(found: list[tuple[Face, int, str]], threshold: float, min_votes: int = 
         if upright:  # a turned view's detection the upright box does not cover is a face of its own
             apart += [t for t in c if t[2] not in ("", "tile") and iou(t[0].box, box) < APART_IOU]
         best = upright[0] if upright else c[0][0]
-        out.append(Face(box=box, score=max(f.score for f, _, _ in c),
-                        landmarks5=best.landmarks5, landmark_layout=best.landmark_layout, dlib_box=best.dlib_box))
-    out += fuse(apart, threshold, 1) if apart else []  # no upright detections among them: no further split
+        face = Face(box=box, score=max(f.score for f, _, _ in c),
+                    landmarks5=best.landmarks5, landmark_layout=best.landmark_layout, dlib_box=best.dlib_box)
+        (out if upright else turned).append(face)
+    anchors = [f.box for f in out] if anchors is None else anchors
+    out += [f for f in turned if covered_by(f.box, anchors) < COVERED]
+    out += fuse(apart, threshold, 1, anchors) if apart else []  # no upright detections among them: no further split
     out.sort(key=lambda f: (f.box[1], f.box[0]))
     return out
