@@ -86,11 +86,13 @@ def photos(tmp_path: Path) -> Path:
     return src
 
 
-def base_manifest(inp: Path, tmp_path: Path, **sections) -> dict:
+def base_manifest(inp: Path, tmp_path: Path, default_gate: bool = False, **sections) -> dict:
     """A manifest for tests of everything but the default detector: it names dlib HOG, which
     finds exactly the one frontal face of an LFW photo (CenterFace, the default, also finds the
     partial faces at their edges), so counts and statuses stay those the tests were written
-    for. Tests of the default name ``detect`` themselves (test_residual_gate, test_config)."""
+    for, and, behind it, the upright CenterFace as the residual-face gate (:data:`UPRIGHT_GATE`;
+    ``default_gate=True``: the gate a user gets). Tests of the default name ``detect`` themselves
+    (test_residual_gate, test_config)."""
     m = {
         "detect": {"backend": "dlib-hog"},
         "input": {"uri": str(inp)},
@@ -100,7 +102,15 @@ def base_manifest(inp: Path, tmp_path: Path, **sections) -> dict:
     }
     for k, v in sections.items():
         m.setdefault(k, {}).update(v)
+    if not default_gate and m["detect"].get("backend") == "dlib-hog" and "residual_detector" not in m.get("checks", {}):
+        m.setdefault("checks", {})["residual_detector"] = dict(UPRIGHT_GATE)
     return m
+
+
+#: the residual-face gate of :func:`base_manifest`: CenterFace upright (one pass where the
+#: default gate behind HOG runs five, with the turned views). The gate with its default views is
+#: tested where it is the subject: test_residual_gate, test_centerface_backend, test_config.
+UPRIGHT_GATE = {"backend": "centerface", "rotations": []}
 
 
 @pytest.fixture(scope="session")

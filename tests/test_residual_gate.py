@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import GROUP, base_manifest, lfw_images
+from conftest import GROUP, lfw_images
+from conftest import base_manifest as _base_manifest
 from deid.audit.policy import decide
 from deid.audit.residual import ResidualGate
 from deid.audit.rows import RunContext
@@ -37,6 +38,11 @@ def _covered(original: np.ndarray, out: np.ndarray, box, inner: float = 0.6) -> 
     dx, dy = (x1 - x0) * (1 - inner) / 2, (y1 - y0) * (1 - inner) / 2
     win = (slice(int(y0 + dy), int(y1 - dy)), slice(int(x0 + dx), int(x1 - dx)))
     return float(np.any(original[win] != out[win], axis=-1).mean())
+
+
+def base_manifest(inp, tmp_path, **sections) -> dict:
+    """conftest's, with the residual-face gate a user gets (the subject of these tests)."""
+    return _base_manifest(inp, tmp_path, default_gate=True, **sections)
 
 
 def _stage(tmp_path, **checks) -> ProcessRecords:
