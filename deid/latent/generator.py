@@ -51,7 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
+from deid.io.npz import NpzError, load_npz, save_npz
+from deid.io.write import atomic_write
 from deid.latent.base import LatentModel
 
 log = logging.getLogger(__name__)
@@ -163,9 +166,7 @@ def load_or_compute_stats(weights_fingerprint: str, mapping, z_dim: int, *, samp
     st = fit_stats(w, seed=seed, quantile=quantile, weights_fingerprint=weights_fingerprint)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(st.to_bytes())
-        os.replace(tmp, path)
+        atomic_write(LocalFileSystem(), str(path), st.to_bytes())
     except OSError as exc:
         warnings.warn(f"generator statistics not cached ({path}: {exc}); they are recomputed at every load",
                       stacklevel=2)
@@ -271,21 +272,18 @@ class GeneratorModel(LatentModel):
         lo = hi = None
         if path.is_file():
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    if str(z["weights_fingerprint"]) == self.weights_fingerprint:
-                        lo, hi = np.asarray(z["lower"], np.float64), np.asarray(z["upper"], np.float64)
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("%s: unreadable generator PCA bounds (%s); recomputing", path, exc)
+                z, _ = load_npz(path, "generator PCA bounds", required=("lower", "upper", "weights_fingerprint"))
+                if str(z["weights_fingerprint"]) == self.weights_fingerprint:
+                    lo, hi = np.asarray(z["lower"], np.float64), np.asarray(z["upper"], np.float64)
+            except NpzError as exc:
+                log.warning("%s; recomputing", exc)
         if lo is None:
             z = np.random.default_rng(st.seed).standard_normal((st.samples, self.z_dim)).astype(np.float32)
             c = st.to_pca(np.concatenate([self.map(z[a:a + 1000]) for a in range(0, st.samples, 1000)]))
             lo, hi = np.quantile(c, st.quantile, axis=0), np.quantile(c, 1 - st.quantile, axis=0)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
-                    np.savez(f, lower=lo, upper=hi, weights_fingerprint=np.str_(self.weights_fingerprint))
-                os.replace(tmp, path)
+                save_npz(path, {"lower": lo, "upper": hi, "weights_fingerprint": np.str_(self.weights_fingerprint)})
             except OSError as exc:
                 warnings.warn(f"generator PCA bounds not cached ({path}: {exc})", stacklevel=2)
         # axes the samples do not span (fewer samples than w_dim): a nominal width, so that the
