@@ -561,13 +561,16 @@ def run_synthetic(detectors, scenes: list[Scene], budget: float | None = None) -
 
 #: candidate configurations of the coverage mode (``--coverage NAME,...``; ``--config NAME=JSON`` adds one):
 #: the manifest's detect section and the checks.residual* fields the run is given
-UP = {"backend": "centerface", "rotations": []}  # the upright model alone
+UP = {"backend": "centerface", "rotations": [], "edge_pad": 0}  # the upright model alone (no turned views, no mirrored edges)
 CANDIDATES: dict[str, dict] = {
     # deid's default since 2026-12-01: centerface with its rotated views (rot90, rot270, tilt+-50 on the
-    # photo's own canvas, held to 0.3), and its default gate
+    # photo's own canvas, held to 0.3), since 2026-12-02 its mirrored edges, and its default gate
     "centerface + face-mesh": {"detect": {"backend": "centerface"},
                                "checks": {"residual_detector": {"backend": "face-mesh"}}},
     "centerface": {"detect": {"backend": "centerface"}, "checks": {"residual": "off"}},
+    # the default of 2026-12-01 (turned views, no mirrored edges)
+    "centerface no edges + face-mesh": {"detect": {"backend": "centerface", "edge_pad": 0},
+                                        "checks": {"residual_detector": {"backend": "face-mesh"}}},
     # the upright model (the default until 2026-12-01), and the candidates measured against it then
     "centerface upright": {"detect": UP, "checks": {"residual": "off"}},
     "centerface upright + face-mesh": {"detect": UP, "checks": {"residual_detector": {"backend": "face-mesh"}}},

@@ -101,6 +101,52 @@ def test_the_default_finds_faces_turned_in_the_image_plane_that_upright_centerfa
     assert upright_found[50] + upright_found[-60] < 2 * len(photos), upright_found  # measured: 4 + 5 of 16
 
 
+def test_the_default_finds_faces_cut_by_the_frame_edge_that_the_plain_pass_misses(cf):
+    """Real LFW faces shrunk to 28 and 40 px, with 60% of the face box out of the frame's left
+    edge: the default (mirrored edges) finds every one; without the mirrored edges some are
+    missed (measured: 3 of 24)."""
+    import cv2
+
+    plain = make_detector({"backend": "centerface", "edge_pad": 0})
+    assert cf.edge_pad == CenterFaceDetector.EDGE_PAD > 0 and CenterFaceDetector().edge_pad == 0
+    n = found = plain_found = 0
+    for p in lfw_images():
+        img = rgb(p)
+        big = [f for f in plain.detect(img) if f.width > 60]
+        if not big:
+            continue
+        x0, y0, x1, y1 = big[0].box
+        for px in (28, 40):
+            k = px / (x1 - x0)
+            small = cv2.resize(img, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+            bx0, by0, bx1, by1 = (v * k for v in big[0].box)
+            ox, oy = int(round(-0.6 * (bx1 - bx0) - bx0)), int(round(100 - by0))  # face box 60% left of x = 0
+            canvas = np.full((240, 240, 3), 128, np.uint8)
+            part = small[max(0, -oy):, max(0, -ox):][:240 - max(0, oy), :240 - max(0, ox)]
+            canvas[max(0, oy):max(0, oy) + part.shape[0], max(0, ox):max(0, ox) + part.shape[1]] = part
+            truth = (0, 100, int(round(0.4 * (bx1 - bx0))), int(round(100 + by1 - by0)))
+            n += 1
+            found += any(iou(f.box, truth) > 0.3 for f in cf.detect(canvas))
+            plain_found += any(iou(f.box, truth) > 0.3 for f in plain.detect(canvas))
+    assert n >= 20 and found == n, (found, n)
+    assert plain_found < n, plain_found
+
+
+def test_the_mirrored_edges_add_no_face_inside_the_frame(cf):
+    """Of the mirrored pass only detections reaching out of the frame are kept: on the labelled
+    group photos every face the default finds that the plain pass does not touches the edge."""
+    from conftest import VOC
+
+    plain = make_detector({"backend": "centerface", "edge_pad": 0})
+    for p in sorted(VOC.glob("*.jpg")) + sorted(GROUP.glob("*.jpg")):
+        img = rgb(p)
+        h, w = img.shape[:2]
+        before = plain.detect(img)
+        for f in cf.detect(img):
+            if max((iou(f.box, g.box) for g in before), default=0.0) < 0.3:
+                assert f.box[0] == 0 or f.box[1] == 0 or f.box[2] == w or f.box[3] == h, (p.name, f.box)
+
+
 def test_rotated_views_keep_an_upright_face_one_box_with_its_upright_landmarks(cf):
     """Fusion: an upright face is one face, not one per view, and keeps the upright pass's
     landmarks and dlib box (the identity check's)."""

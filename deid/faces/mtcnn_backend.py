@@ -266,7 +266,7 @@ class MTCNNDetector(DetectorBase):
     #: raw() -> clipped Faces in input pixels with their dlib_box (max_side undone): CenterFace's mapping
     detect = CenterFaceDetector.detect
     _faces = CenterFaceDetector._faces
-    rotations = ()  # upright only (CenterFace's turned views are its own option)
+    rotations, edge_pad = (), 0.0  # upright only (CenterFace's turned views and mirrored edges are its own options)
 
 
 Score = Annotated[float, Field(ge=0, le=1)]

@@ -24,7 +24,10 @@ the photo's pixels and fused with the upright detections.
   (:data:`COVERED`) under the boxes of faces the upright pass found is dropped: it is a box
   across neighbouring faces that are anonymized anyway (2008_002079 of the demo: a tilted
   view's box over two adjacent faces);
-* :func:`gather`: the detections of a detector on the photo and its views, in the photo's pixels.
+* :func:`gather`: the detections of a detector on the photo and its views, in the photo's pixels;
+* :func:`mirrored_edges`: the photo mirrored out at its edges (the ``edge`` view: a face cut by
+  the frame meets its mirror image and reads whole); its boxes map back exactly but, like the
+  turned views', give way to the upright pass's in a fusion.
 """
 
 from __future__ import annotations
@@ -69,6 +72,16 @@ def rotated_views(rgb: np.ndarray, views, tilt: float, canvas: str = "whole") ->
 def upright(rgb: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     """The photo itself as a view: ``("", rgb, identity)``."""
     return "", rgb, np.array([[1.0, 0, 0], [0, 1.0, 0]])
+
+
+def mirrored_edges(rgb: np.ndarray, pad: float) -> tuple[str, np.ndarray, np.ndarray]:
+    """``("edge", image, view -> input)``: ``rgb`` reflected out by ``pad`` of each side."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    py, px = int(round(pad * h)), int(round(pad * w))
+    img = cv2.copyMakeBorder(rgb, py, py, px, px, cv2.BORDER_REFLECT)
+    return "edge", img, np.array([[1.0, 0, -px], [0, 1.0, -py]])
 
 
 def gather(views, back: np.ndarray, w: int, h: int, find) -> list[tuple[Face, int, str]]:
