@@ -28,6 +28,7 @@ from PIL import Image
 from scipy.stats import binomtest
 from typer.testing import CliRunner
 
+from conftest import UPRIGHT_GATE
 from deid.cli.app import app
 from deid.evaluate.attacks import identify
 from deid.evaluate.core import THUMB, subject_of
@@ -48,7 +49,7 @@ def swept(tmp_path_factory):
     manifest.write_text(yaml.safe_dump({
         "input": {"uri": str(FIX), "subjects": str(FIX / "subjects.csv")},
         "output": {"uri": str(tmp / "unused")},
-        "checks": {"enabled": False, "no_face": "keep"},
+        "checks": {"enabled": False, "no_face": "keep", "residual_detector": UPRIGHT_GATE},
         "run": {"batch_size": 4, "progress": False},
         # one face per photo, as these assertions expect (CenterFace, the default, also finds the
         # partial faces at the photos' edges, which are masked: checks.frame_cut)
