@@ -35,7 +35,7 @@ whole; of that pass only the detections that reach out of the frame by 15% of th
 are kept (the interior is the plain upright pass's: mirrored borders change the network's view
 deep inside, and a mirror's symmetry makes faces of table cloths at the bottom edge). Measured
 by bench/recall.py: faces cut by the frame edge 62-63% -> 69-70% covered, the labelled photos
-101 -> 102 of 104, no false mask more; +23-26% CPU. ``edge_pad: 0`` turns it off.
+101 -> 102 of 104, no false mask more; +23-29% CPU. ``edge_pad: 0`` turns it off.
 
 Models load once, in ``__init__``; instances are meant to live in a Ray actor.
 """
