@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from itertools import chain
 
 import numpy as np
 
@@ -54,7 +55,7 @@ from deid.faces.base import DetectorBase, DetectorParams
 from deid.faces.onnx_runtime import check_rgb, default_providers, session_options
 from deid.faces.registry import DETECTORS
 from deid.faces.types import Face, clip_box, shrink_for_detection
-from deid.faces.views import Canvas, View, fuse, gather, mirrored_edges, rotated_views, upright
+from deid.faces.views import Canvas, View, edge_margins, fuse, gather, mirrored_edges, rotated_views, upright
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 #: Output names of the published model: heatmap, log box size (h, w), centre offset (y, x),
@@ -272,14 +273,11 @@ class CenterFaceDetector(DetectorBase):
         h, w = rgb.shape[:2]
         work, scale = shrink_for_detection(rgb, self.max_side)
         back = np.array([[1.0 / scale, 0, 0], [0, 1.0 / scale, 0], [0, 0, 1.0]])
-        views = [upright(work)]
-        views += rotated_views(work, self.rotations, self.tilt, self.tilt_canvas) if self.rotations else []
-        frame = None
-        if self.edge_pad > 0:
-            edge = mirrored_edges(work, self.edge_pad)
-            px, py = -edge[2][0, 2], -edge[2][1, 2]  # the photo's frame in the mirrored view
-            frame = (px, py, px + work.shape[1], py + work.shape[0])
-            views.append(edge)
+        wh, ww = work.shape[:2]
+        py, px = edge_margins(wh, ww, self.edge_pad)
+        frame = (px, py, px + ww, py + wh)  # the photo's frame in the mirrored view
+        turned = rotated_views(work, self.rotations, self.tilt, self.tilt_canvas) if self.rotations else ()
+        views = chain([upright(work)], turned, mirrored_edges(work, self.edge_pad))
         found = gather(views, back, w, h, lambda view, img: [
             (f, 0) for f in self._faces(img, self.rotation_min_score if view else 0.0,
                                         frame if view == "edge" else None)])

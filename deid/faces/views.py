@@ -74,19 +74,28 @@ def upright(rgb: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     return "", rgb, np.array([[1.0, 0, 0], [0, 1.0, 0]])
 
 
-def mirrored_edges(rgb: np.ndarray, pad: float) -> tuple[str, np.ndarray, np.ndarray]:
-    """``("edge", image, view -> input)``: ``rgb`` reflected out by ``pad`` of each side."""
+def edge_margins(h: int, w: int, pad: float) -> tuple[int, int]:
+    """``(py, px)``: the rows and columns :func:`mirrored_edges` adds on each side of an
+    ``h`` x ``w`` photo (the photo's frame in the ``edge`` view starts there)."""
+    return int(round(pad * h)), int(round(pad * w))
+
+
+def mirrored_edges(rgb: np.ndarray, pad: float) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``("edge", image, view -> input)``: ``rgb`` reflected out by ``pad`` of each side; no
+    view when ``pad`` is 0. A generator, like :func:`rotated_views`: the view is made when
+    its turn comes."""
     import cv2
 
-    h, w = rgb.shape[:2]
-    py, px = int(round(pad * h)), int(round(pad * w))
+    if pad <= 0:
+        return
+    py, px = edge_margins(*rgb.shape[:2], pad)
     img = cv2.copyMakeBorder(rgb, py, py, px, px, cv2.BORDER_REFLECT)
-    return "edge", img, np.array([[1.0, 0, -px], [0, 1.0, -py]])
+    yield "edge", img, np.array([[1.0, 0, -px], [0, 1.0, -py]])
 
 
 def gather(views, back: np.ndarray, w: int, h: int, find) -> list[tuple[Face, int, str]]:
     """``(face, member, view)`` in input pixels for every ``(view, image, view -> work matrix)``
-    of ``views``; ``find(view, image)`` gives ``(face, member)`` in the view's pixels and ``back``
+    of ``views`` (an iterable: each view is made, searched and let go in turn); ``find(view, image)`` gives ``(face, member)`` in the view's pixels and ``back``
     (3x3) maps the work image (the photo as the detector saw it, perhaps shrunk) to the input
     (``w`` x ``h``). Boxes under 2 px are dropped."""
     found = []
