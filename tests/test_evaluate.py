@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from conftest import UPRIGHT_GATE
 from deid.cli.app import app
 from deid.evaluate.attacks import identify
+from deid.evaluate import utility
 from deid.evaluate.core import THUMB, subject_of
 from deid.evaluate.models import ModelMissing, mobilefacenet_path
 from deid.evaluate.sweep import SweepError, parse_param
@@ -84,6 +85,10 @@ def test_no_anonymization_reidentifies_like_the_recognizer(swept):
         assert blur["privacy"][rec]["identity_distance"]["median"] < 0.5 * blur["privacy"][rec]["same_person_threshold"]
     assert blur["utility"]["detection_rate"]["configured"]["rate"] >= 0.9
     assert blur["utility"]["face"]["ssim"] > 0.9
+    # a blur this weak leaves every face where it was: landmarks found again within 2% of the eye distance
+    pose = blur["utility"]["pose"]
+    assert pose["n"] + pose["n_not_found"] == 24 and pose["n"] >= 22, pose
+    assert pose["median"] <= 0.02 and pose["within_5pct"] >= 0.9, pose
 
 
 def test_solid_mask_drives_t1_to_chance(swept):
@@ -101,6 +106,8 @@ def test_solid_mask_drives_t1_to_chance(swept):
     assert u["detection_rate"]["second"]["n"] > 0 and u["detection_rate"]["second"]["rate"] == 0.0
     assert u["detection_rate"]["second_on_originals"]["rate"] >= 0.9
     assert u["face"]["ssim"] < 0.1 and u["face"]["mse"] > 1000
+    # no face is found under a solid mask, so none has a pose error
+    assert u["pose"]["n"] == 0 and u["pose"]["n_not_found"] == 24 and u["pose"]["median"] is None
     # the mask edits the face region only: outside the (grown) faces the photo is as it was,
     # while the whole image is not
     assert u["outside_faces"]["ssim"] > 0.95 > u["image"]["ssim"]
@@ -253,6 +260,33 @@ def test_evaluate_cli_errors_name_what_is_missing(tmp_path):
     missing = tmp_path / "MobileFaceNet.tflite"
     with pytest.raises(ModelMissing, match=re.escape(str(missing)) + ".*make install"):
         mobilefacenet_path(missing)
+
+
+def test_pose_error_follows_a_shifted_face():
+    """The pose measure on real faces: a photo shifted by a few pixels moves the landmarks found on
+    it by that much (known answer: shift / eye distance), up to dlib's landmark jitter between two
+    detector boxes (on a turned face it can be larger: the median over photos is asserted)."""
+    import cv2
+
+    from deid.evaluate.recognizers import Landmarker
+    from deid.faces.registry import make_detector
+
+    det, lm = make_detector({"backend": "centerface", "rotations": [], "edge_pad": 0}), Landmarker()
+    off = []
+    for path in sorted(FIX.glob("*/*.jpg"))[:10]:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        box = max((f.box for f in det.detect(rgb)), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+        a5 = lm.geometry(rgb, box).arcface5
+        eye = float(np.linalg.norm(a5[0] - a5[1]))
+        same = utility.best_match([f.box for f in det.detect(rgb)], box)
+        assert utility.pose_error(a5, lm.geometry(rgb, same).arcface5) == 0.0
+        for dx in (6, 12):
+            moved = cv2.warpAffine(rgb, np.float32([[1, 0, dx], [0, 1, 0]]), rgb.shape[1::-1],
+                                   borderMode=cv2.BORDER_REPLICATE)
+            again = utility.best_match([f.box for f in det.detect(moved)], box)
+            assert again is not None, path.name
+            off.append(abs(utility.pose_error(a5, lm.geometry(moved, again).arcface5) - dx / eye))
+    assert np.median(off) <= 0.03, off
 
 
 def test_identification_known_answers():

@@ -89,6 +89,7 @@ class Measured:
     det_configured: list
     det_second: list | None
     det_second_orig: list | None
+    pose: float | None = None                 # pose error (utility.pose_error); None: face not found
     rev: dict = field(default_factory=dict)   # reversal variant -> recognizer name -> vector
 
 
@@ -420,6 +421,10 @@ class Evaluator:
             emb = {rec.name: rec.embed(out, orig.located[rec.name])[0] for rec in self.recognizers}
             dist = {n: float(np.linalg.norm(emb[n] - orig.emb[n])) for n in emb}
             found = [f.box for f in self.detector(configured).detect(out)]
+            pose = None
+            again = utility.best_match(found, orig.geom.box)
+            if again is not None and orig.geom.arcface5 is not None:
+                pose = utility.pose_error(orig.geom.arcface5, self.landmarker.geometry(out, again).arcface5)
             det2 = det2o = None
             if second and second != "none":
                 # a fixed, content-independent sample of the run (by record id hash) when capped
@@ -440,6 +445,7 @@ class Evaluator:
                 orig=orig, image=utility.image_metrics(orig_rgb, out, outside_of=orig.boxes),
                 face=utility.image_metrics(utility.crop_box(orig_rgb, orig.geom.box), utility.crop_box(out, orig.geom.box)),
                 det_configured=utility.matched(found, orig.boxes), det_second=det2, det_second_orig=det2o,
+                pose=pose,
             ))
 
         glist = [g for g in groups.values() if g.records]
@@ -533,6 +539,7 @@ class Evaluator:
             "face": _means([m.face for m in g.records]),
             "outside_faces": {"ssim": _mean_of([m.image["ssim_outside"] for m in g.records])},
             "frechet": utility.frechet_distance(np.array([x.hog for x in origs]), np.array([m.hog for m in g.records])),
+            "pose": utility.pose_summary([m.pose for m in g.records]),
         }
         return {"label": g.label, "run_id": g.run_id, "method": g.method, "params": g.params,
                 "n_records": len(g.records), "n_subjects": int(len(set(subjects))),

@@ -228,9 +228,12 @@ Originals {'shown' if originals else 'left out of this report'}.</p>""")
     parts.append(f"<h2>Utility</h2><p class='note'>Detection rate: share of the original's faces still found on the output "
                  f"(IoU &ge; {d['iou_match']}) by the run's detector ({e(d['configured'])}) and by a second one "
                  f"({e(str(d['second']))}; its rate on the originals in brackets). SSIM/PSNR/MSE against the original, whole "
-                 f"image and face box. Fréchet distance over {e(FRECHET_NOTE)}.</p>")
+                 f"image and face box. Fréchet distance over {e(FRECHET_NOTE)}. Pose error: where the run's detector "
+                 f"still finds the face, dlib's 68-point landmarks (five ArcFace points) against the original's, over the "
+                 f"eye distance: median, and the share within 5%.</p>")
     parts.append("<table><tr><th class='l'>group</th><th>detected (run's)</th><th>detected (second)</th><th>SSIM image</th>"
-                 "<th>SSIM face</th><th>SSIM outside faces</th><th>PSNR face dB</th><th>MSE face</th><th>Fréchet (HOG)</th></tr>")
+                 "<th>SSIM face</th><th>SSIM outside faces</th><th>PSNR face dB</th><th>MSE face</th><th>Fréchet (HOG)</th>"
+                 "<th>pose error median</th><th>pose &le; 5%</th></tr>")
     for g in metrics["groups"]:
         u = g["utility"]
         dr = u["detection_rate"]
@@ -239,7 +242,9 @@ Originals {'shown' if originals else 'left out of this report'}.</p>""")
             f"<td>{_fmt(dr['second']['rate'], True)} ({_fmt(dr['second_on_originals']['rate'], True)}, n={dr['second']['n']})</td>"
             f"<td>{_fmt(u['image']['ssim'])}</td><td>{_fmt(u['face']['ssim'])}</td>"
             f"<td>{_fmt(u.get('outside_faces', {}).get('ssim'))}</td><td>{_fmt(u['face']['psnr'], nd=1)}</td>"
-            f"<td>{_fmt(u['face']['mse'], nd=0)}</td><td>{_fmt(u['frechet']['value'], nd=2)}</td></tr>")
+            f"<td>{_fmt(u['face']['mse'], nd=0)}</td><td>{_fmt(u['frechet']['value'], nd=2)}</td>"
+            f"<td>{_fmt(u.get('pose', {}).get('median'), True)}</td>"
+            f"<td>{_fmt(u.get('pose', {}).get('within_5pct'), True)} (n={u.get('pose', {}).get('n', 0)})</td></tr>")
     parts.append("</table>")
 
     if metrics["groups"]:
