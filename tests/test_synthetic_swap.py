@@ -72,6 +72,39 @@ def test_pixels_outside_the_face_region_are_untouched(swap, tools):
         assert changed[region > 0].mean() > 0.5  # the region itself is replaced
 
 
+def test_grow_replaces_the_band_above_the_mouth_and_nothing_else(swap, tools):
+    """``grow``: the hairline, temples and ears come from the stranger too; below the mouth the
+    region stays the oval; every pixel outside the grown region keeps its value."""
+    import cv2
+
+    from deid.anonymize.swap import SyntheticSwap
+    from deid.anonymize.swap_ops import eye_distance, grow_up, region_polygon
+
+    det, _, _ = tools
+    grown_swap = SyntheticSwap({**swap.params.model_dump(), "grow": 0.3}, latent=swap.latent, mesher=swap.mesher)
+    for rgb in _photos(3):
+        face = _main_face(det, rgb)
+        out, facts = grown_swap(rgb, [face], np.random.default_rng())
+        assert facts[0].get("swapped") is True
+        pts = grown_swap.mesh_of(rgb, face)
+        oval = np.zeros(rgb.shape[:2], np.uint8)
+        cv2.fillPoly(oval, [np.round(region_polygon(pts, False) * 16).astype(np.int32)], 1, shift=4)
+        grown = grow_up(oval, pts, int(round(0.3 * eye_distance(pts))))
+        changed = np.any(out != rgb, axis=2)
+        slack = cv2.dilate(grown, np.ones((3, 3), np.uint8))
+        assert not (changed & (slack == 0)).any()             # nothing outside the grown region
+        band = (grown > 0) & (cv2.dilate(oval, np.ones((5, 5), np.uint8)) == 0)
+        assert band.sum() > 100 and changed[band].mean() > 0.3  # the band above the mouth is replaced
+        # below the mouth line the region is the oval itself, above it the oval grown
+        eyes = (pts[[33, 133]].mean(0) + pts[[263, 362]].mean(0)) / 2
+        up = (eyes - pts[152]) / np.linalg.norm(eyes - pts[152])
+        mouth = (pts[61] + pts[291]) / 2
+        yy, xx = np.mgrid[0:rgb.shape[0], 0:rgb.shape[1]]
+        side = (xx - mouth[0]) * up[0] + (yy - mouth[1]) * up[1]
+        assert (grown[side < 0] == oval[side < 0]).all()
+        assert (grown[side > 0] > 0).sum() > (oval[side > 0] > 0).sum()
+
+
 def test_identity_changes_and_pose_is_kept(swap, tools):
     from deid.anonymize.swap import SyntheticSwap
     from deid.faces.facemesh_backend import mesh_arcface5

@@ -170,7 +170,7 @@ def correct_drift(img: np.ndarray, img_skin: np.ndarray, ref: np.ndarray, ref_sk
 
 def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, stranger_pts: np.ndarray,
               tris: np.ndarray, keep_forehead: bool = True, feather: float = 0.08, poisson: bool = True,
-              colour: bool = True, shape: float = 1.0) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+              colour: bool = True, shape: float = 1.0, grow: float = 0.0) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
     """The stranger warped onto the face with mesh ``points`` in ``rgb``: ``(window, pixels,
     alpha)``, where ``alpha`` (float32, window-sized) is 1 inside the face region, ramps to 0 over
     ``feather`` x the eye distance *inside* its edge, and is 0 outside it. None when the region
@@ -187,7 +187,7 @@ def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, strange
             target = shape * target + (1.0 - shape) * placed
     return blend_region(rgb, points, lambda win: warp_piecewise(stranger, stranger_pts, target, tris, win),
                         keep_forehead=keep_forehead, feather=feather, poisson=poisson, colour=colour,
-                        render_points=target)
+                        render_points=target, grow=grow)
 
 
 def warp_similarity(src_img: np.ndarray, m: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
@@ -206,9 +206,26 @@ def warp_similarity(src_img: np.ndarray, m: np.ndarray, window: tuple[int, int, 
                           borderMode=cv2.BORDER_REFLECT)
 
 
+def grow_up(region: np.ndarray, points: np.ndarray, px: int, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """``region`` (uint8, a window whose top-left is ``origin`` in image pixels) dilated by ``px``
+    pixels (an elliptical element) on the side of the mouth line toward the eyes only: the
+    hairline, temples and ears of the face with mesh ``points`` come into the region; below the
+    mouth the region stays the face oval (a stranger's own neck, collar or hands there looked
+    wrong and carried little identity: docs/synthetic-swap.md)."""
+    grown = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1)))
+    p = np.asarray(points, dtype=np.float64)[:, :2] - origin
+    eyes = (p[list(RIGHT_EYE_C)].mean(0) + p[list(LEFT_EYE_C)].mean(0)) / 2
+    up = eyes - p[152]
+    up /= max(np.linalg.norm(up), 1e-9)
+    mouth = (p[61] + p[291]) / 2
+    yy, xx = np.mgrid[0:region.shape[0], 0:region.shape[1]]
+    above = (xx - mouth[0]) * up[0] + (yy - mouth[1]) * up[1] >= 0
+    return np.where(above, grown, region).astype(np.uint8)
+
+
 def blend_region(rgb: np.ndarray, points: np.ndarray, render, keep_forehead: bool = True, feather: float = 0.08,
                  poisson: bool = True, colour: bool = True,
-                 render_points: np.ndarray | None = None) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+                 render_points: np.ndarray | None = None, grow: float = 0.0) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
     """The seam of :func:`swap_face` for any source: ``render(window)`` gives the new face's
     pixels in ``window`` = ``(x0, y0, x1, y1)`` of ``rgb``; with ``colour`` they are colour-matched
     in Lab, the skin of the new face (:func:`skin_mask` of ``render_points``, its mesh in image
@@ -218,10 +235,12 @@ def blend_region(rgb: np.ndarray, points: np.ndarray, render, keep_forehead: boo
     (``poisson``; with ``colour`` the skin's drift is corrected after it, :func:`correct_drift`)
     and given the alpha that is 1 inside the region, ramps to 0 over ``feather`` x the eye
     distance inside its edge and is 0 outside it. Returns ``(window, pixels, alpha)``, or None
-    when the region is empty in the image."""
+    when the region is empty in the image. ``grow``: the region is the mesh's polygon dilated
+    by ``grow`` x the eye distance above the mouth (:func:`grow_up`)."""
     h, w = rgb.shape[:2]
     poly = region_polygon(points, keep_forehead)
-    pad = 3
+    grow_px = int(round(max(0.0, grow) * eye_distance(points)))
+    pad = 3 + grow_px
     x0, y0 = np.floor(poly.min(0)).astype(int) - pad
     x1, y1 = np.ceil(poly.max(0)).astype(int) + pad + 1
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
@@ -229,6 +248,8 @@ def blend_region(rgb: np.ndarray, points: np.ndarray, render, keep_forehead: boo
         return None
     region = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(region, [np.round((poly - (x0, y0)) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    if grow_px > 0:
+        region = grow_up(region, points, grow_px, (x0, y0))
     if region.sum() < 16:
         return None
     orig = rgb[y0:y1, x0:x1]
