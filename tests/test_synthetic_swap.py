@@ -105,6 +105,25 @@ def test_grow_replaces_the_band_above_the_mouth_and_nothing_else(swap, tools):
         assert (grown[side > 0] > 0).sum() > (oval[side > 0] > 0).sum()
 
 
+def test_key_points_land_on_the_original_and_keep_the_stranger_outline(swap):
+    """``key_points``: on real meshes (a stranger placed on another stranger's face), the five key
+    points land exactly on the target's, and the outline moves less than they do."""
+    import cv2
+
+    from deid.anonymize.swap_ops import FULL_OVAL, _keys, onto_key_points
+
+    pts = swap.bank.points.astype(np.float64)
+    for i in range(0, 12, 2):
+        target = pts[i + 1]
+        sim, _ = cv2.estimateAffinePartial2D(pts[i].astype(np.float32), target.astype(np.float32), method=cv2.LMEDS)
+        placed = pts[i] @ sim[:, :2].T + sim[:, 2]   # as synthetic-swap places a stranger (shape 0)
+        moved = onto_key_points(placed, target)
+        assert np.abs(_keys(moved) - _keys(target)).max() < 1e-6
+        key_move = np.linalg.norm(_keys(target) - _keys(placed), axis=1).mean()
+        outline_move = np.linalg.norm(moved[list(FULL_OVAL)] - placed[list(FULL_OVAL)], axis=1).mean()
+        assert outline_move < 0.5 * key_move, (outline_move, key_move)
+
+
 def test_identity_changes_and_pose_is_kept(swap, tools):
     from deid.anonymize.swap import SyntheticSwap
     from deid.faces.facemesh_backend import mesh_arcface5
@@ -113,13 +132,14 @@ def test_identity_changes_and_pose_is_kept(swap, tools):
     # shape 1 (warped onto the original's mesh) is the pose-exact form; shape 0 (the default)
     # places the stranger's own proportions, which the attacks measure to leak less identity
     exact = SyntheticSwap({**swap.params.model_dump(), "shape": 1.0}, latent=swap.latent, mesher=swap.mesher)
-    dists, errs = {0: [], 1: []}, {0: [], 1: []}
+    keyed = SyntheticSwap({**swap.params.model_dump(), "key_points": True}, latent=swap.latent, mesher=swap.mesher)
+    dists, errs = {0: [], 1: [], "k": []}, {0: [], 1: [], "k": []}
     for rgb in _photos(6):
         face = _main_face(det, rgb)
         before = mesh_arcface5(_main_face(mesher, rgb).mesh)
         eye = np.linalg.norm(before[0] - before[1])
         located = rec.locate(rgb, [face])
-        for k, method in ((0, swap), (1, exact)):
+        for k, method in ((0, swap), (1, exact), ("k", keyed)):
             out, _ = method(rgb, [face], np.random.default_rng())
             dists[k].append(float(rec.distance(rec.embed(rgb, located), rec.embed(out, located))[0]))
             after = mesh_arcface5(_main_face(mesher, out).mesh)
@@ -127,6 +147,8 @@ def test_identity_changes_and_pose_is_kept(swap, tools):
     assert min(dists[0]) >= 0.6, dists       # dlib's same-person threshold: a different person
     assert np.median(errs[1]) <= 0.05, errs  # eyes, nose, mouth stay where they were
     assert np.median(errs[0]) <= 0.10, errs  # the nearest pose of a 48-stranger bank, own proportions
+    assert min(dists["k"]) >= 0.6, dists
+    assert np.median(errs["k"]) < np.median(errs[0]), errs  # its key points on the original's
 
 
 def test_two_releases_give_two_strangers_and_keyed_gives_one(swap, tools):

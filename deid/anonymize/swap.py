@@ -72,6 +72,9 @@ class SwapParams(BaseModel):
     shape: float = Field(0.0, ge=0.0, le=1.0, description="how much of the original's face shape the stranger "
                          "takes: 1, warped onto the original's mesh; 0, its own shape placed by a similarity fit "
                          "(the original's shape carries identity)")
+    key_points: bool = Field(False, description="with shape < 1: move the stranger's eye centres, nose tip and "
+                             "mouth corners onto the original's, the move fading toward its own outline (pose kept "
+                             "closer; docs/synthetic-swap.md)")
     grow: float = Field(0.0, ge=0.0, le=1.0, description="grow the region past the face oval by this x the eye "
                         "distance above the mouth (hairline, temples, ears from the stranger too): less re-identification "
                         "through what the oval leaves, lower SSIM and a visible band (docs/synthetic-swap.md)")
@@ -217,7 +220,8 @@ class SyntheticSwap(StrangerMethod):
                 j = self.choose(pts, rng, (keys or [None] * len(faces))[i])
                 res = swap_face(rgb, pts, self.bank.crops[j], self.bank.points[j], self.tris,
                                 keep_forehead=p.keep_forehead, feather=p.feather, poisson=p.blend == "poisson",
-                                colour=p.colour_match, shape=p.shape, grow=p.grow)
+                                colour=p.colour_match, shape=p.shape, grow=p.grow,
+                                key_points=p.key_points)
             if res is None:
                 facts.append(FaceFacts(method=self.name, extra={"swapped": False}))
                 continue

@@ -170,7 +170,8 @@ def correct_drift(img: np.ndarray, img_skin: np.ndarray, ref: np.ndarray, ref_sk
 
 def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, stranger_pts: np.ndarray,
               tris: np.ndarray, keep_forehead: bool = True, feather: float = 0.08, poisson: bool = True,
-              colour: bool = True, shape: float = 1.0, grow: float = 0.0) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+              colour: bool = True, shape: float = 1.0, grow: float = 0.0,
+              key_points: bool = False) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
     """The stranger warped onto the face with mesh ``points`` in ``rgb``: ``(window, pixels,
     alpha)``, where ``alpha`` (float32, window-sized) is 1 inside the face region, ramps to 0 over
     ``feather`` x the eye distance *inside* its edge, and is 0 outside it. None when the region
@@ -184,10 +185,39 @@ def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, strange
         sim, _ = cv2.estimateAffinePartial2D(src.astype(np.float32), target.astype(np.float32), method=cv2.LMEDS)
         if sim is not None:
             placed = src @ sim[:, :2].T + sim[:, 2]
+            if key_points:
+                placed = onto_key_points(placed, target)
             target = shape * target + (1.0 - shape) * placed
     return blend_region(rgb, points, lambda win: warp_piecewise(stranger, stranger_pts, target, tris, win),
                         keep_forehead=keep_forehead, feather=feather, poisson=poisson, colour=colour,
                         render_points=target, grow=grow)
+
+
+#: the mesh's five key points: eye centres (each the mean of its two corners), nose tip, mouth corners
+KEY_POINTS = ((33, 133), (263, 362), (1,), (61,), (291,))
+
+
+def _keys(p: np.ndarray) -> np.ndarray:
+    return np.stack([p[list(k)].mean(0) for k in KEY_POINTS])
+
+
+def onto_key_points(placed: np.ndarray, target: np.ndarray, width: float = 0.3) -> np.ndarray:
+    """``placed`` (a stranger's mesh on the face) moved so that its five key points (eye centres,
+    nose tip, mouth corners) land on ``target``'s, the move spread smoothly over the mesh by
+    Gaussian radial basis functions of ``width`` x the eye distance: exact at the key points
+    (both corners of an eye move by its centre's move, so the stranger keeps its eye width),
+    fading toward the outline, which keeps the stranger's own shape."""
+    src, dst = _keys(placed), _keys(target)
+    idx = [i for k in KEY_POINTS for i in k]
+    move = np.concatenate([np.repeat((dst - src)[j][None], len(k), 0) for j, k in enumerate(KEY_POINTS)])
+    at = placed[idx]
+    sigma = max(width * float(np.linalg.norm(src[0] - src[1])), 1.0)
+
+    def phi(a, b):
+        return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / (2 * sigma * sigma))
+
+    coef = np.linalg.lstsq(phi(at, at), move, rcond=None)[0]
+    return placed + phi(placed, at) @ coef
 
 
 def warp_similarity(src_img: np.ndarray, m: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
