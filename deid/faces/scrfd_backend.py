@@ -136,7 +136,8 @@ class SCRFDDetector(DetectorBase):
     #: raw() -> clipped Faces in input pixels with their dlib_box (max_side undone): CenterFace's mapping
     detect = CenterFaceDetector.detect
     _faces = CenterFaceDetector._faces
-    rotations, edge_pad = (), 0.0  # upright only (CenterFace's turned views and mirrored edges are its own options)
+    _upscaled = CenterFaceDetector._upscaled
+    rotations, edge_pad, small_verify = (), 0.0, 0.0  # upright only (CenterFace's turned views, mirrored edges and small-face cascade are its own options)
 
 
 class SCRFDParams(DetectorParams):
