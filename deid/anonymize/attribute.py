@@ -293,7 +293,8 @@ class AttributeMethod(StrangerMethod):
                 agreed = edit.agreed if edit is not None else bool(np.all(self._labels[j] == targets))
                 got = edit.labels if edit is not None else labels
                 res = swap_face(rgb, pts, crop, cpts, self.tris, keep_forehead=p.keep_forehead, feather=p.feather,
-                                poisson=p.blend == "poisson", colour=p.colour_match, shape=p.shape, grow=p.grow)
+                                poisson=p.blend == "poisson", colour=p.colour_match, shape=p.shape, grow=p.grow,
+                                key_points=p.key_points)
                 extra.update(edit_decodes=0 if edit is None else edit.decodes, agreed=bool(agreed))
                 if self.trace is not None:
                     self.trace.append({"released": dict(released), "stranger": {
