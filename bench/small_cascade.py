@@ -21,7 +21,7 @@ import recall  # noqa: E402
 def load_onet():
     import torch
 
-    from deid.faces.mtcnn_backend import _net, weight_files
+    from deid.faces.mtcnn_nets import _net, weight_files
 
     net = _net("onet")
     net.load_state_dict(torch.load(weight_files()["onet"], map_location="cpu", weights_only=True))

@@ -11,7 +11,7 @@ import pytest
 from conftest import GROUP, LFW, VOC, lfw_images
 from deid.config.schema import detect_section
 from deid.faces import make_detector
-from deid.faces import mtcnn_backend as mb
+from deid.faces import mtcnn_nets
 from deid.faces.dlib_backend import DlibDetector, dlib5_points
 from deid.faces.mtcnn_backend import MTCNNDetector, nms_min, proposals, pyramid, regress, square, weight_files
 from deid.faces.registry import DETECTORS
@@ -212,7 +212,7 @@ def test_model_dir_and_clear_errors(tmp_path, monkeypatch, mtcnn):
         MTCNNDetector(model_dir=str(d))
     assert not _Evil.ran
     # without facenet-pytorch and without model_dir: how to get the weights
-    monkeypatch.setattr(mb.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(mtcnn_nets.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps facenet-pytorch==2.6.0.*detect.model_dir"):
         weight_files()
 
@@ -226,3 +226,18 @@ class _Evil:
     @staticmethod
     def _run():  # pragma: no cover - must never run
         _Evil.ran = True
+
+
+def test_building_the_networks_leaves_torch_random_state_as_it_was():
+    """The O-Net of CenterFace's small-face cascade and MTCNN's nets are built with random layers
+    then overwritten by the weights; building them must not move torch's global generator (an
+    encoder fitted after a detector was built drew other initial weights)."""
+    import torch
+
+    from deid.faces.registry import make_detector
+
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state().clone()
+    make_detector({"backend": "centerface"})   # the default: small-face cascade on, O-Net built
+    make_detector({"backend": "mtcnn"})
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -70,6 +70,7 @@ from deid.faces.base import DetectorBase, DetectorParams
 from deid.faces.onnx_runtime import check_rgb, default_providers, session_options
 from deid.faces.registry import DETECTORS
 from deid.faces.types import Face, clip_box, shrink_for_detection
+from deid.faces.mtcnn_nets import load_onet, onet_file, onet_probs
 from deid.faces.views import Canvas, View, edge_margins, fuse, gather, mirrored_edges, rotated_views, upright
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
@@ -369,46 +370,6 @@ class CenterFaceDetector(DetectorBase):
                 yield f"up-{view}", turned, back @ np.vstack([inv, [0, 0, 1.0]])
 
 
-def _onet_file(model_dir: str | None = None) -> str:
-    from deid.faces.mtcnn_backend import weight_files
-
-    return weight_files(model_dir)["onet"]
-
-
-def load_onet(model_dir: str | None = None):
-    """MTCNN's O-Net (facenet-pytorch's onet.pt; deid.faces.mtcnn_backend's network and loading)."""
-    import torch
-
-    from deid.faces.mtcnn_backend import _net, weight_files
-
-    path = weight_files(model_dir)["onet"]
-    net = _net("onet")
-    try:
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:
-        raise ValueError(f"{path}: not facenet-pytorch's onet state dict ({exc})") from exc
-    return net.eval().to(memory_format=torch.channels_last)
-
-
-def onet_probs(net, rgb: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:
-    """O-Net's face probability for each box of ``rgb``: the square of the box's longer side
-    (grown by ``margin`` of it on each side), centred on the box, warped to 48 x 48 (bilinear,
-    replicated border), pixels ``(x - 127.5) / 128``, as MTCNN's last stage sees its crops."""
-    import cv2
-    import torch
-
-    if not len(boxes):
-        return np.zeros(0)
-    crops = []
-    for x0, y0, x1, y1 in boxes:
-        s = 48.0 / (max(x1 - x0, y1 - y0) * (1 + 2 * margin))
-        m = np.array([[s, 0, 24 - s * (x0 + x1) / 2], [0, s, 24 - s * (y0 + y1) / 2]])
-        crops.append(cv2.warpAffine(rgb, m, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
-    x = torch.from_numpy(np.stack(crops).astype(np.float32)).permute(0, 3, 1, 2)
-    with torch.inference_mode():
-        return net((x - 127.5) * 0.0078125)[-1][:, 1].numpy().astype(np.float64)
-
-
 def _cut(box, frame, share: float) -> bool:
     """Does ``box`` reach out of ``frame`` by at least ``share`` of its width or height?"""
     x0, y0, x1, y1 = box
@@ -474,6 +435,6 @@ DETECTORS.register(Plugin(
                     "cascade's O-Net: facenet-pytorch's onet.pt, MIT)"),
     needs=Needs(landmarks="arcface5", gpu=True),
     model_files=lambda p: [ModelFile("centerface", resolve_model_path(p.model_path))] + (
-        [ModelFile("mtcnn-onet", _onet_file(p.onet_dir))] if p.small_verify > 0 else []),
+        [ModelFile("mtcnn-onet", onet_file(p.onet_dir))] if p.small_verify > 0 else []),
     module=__name__,
 ))

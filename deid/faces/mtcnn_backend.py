@@ -30,8 +30,6 @@ Models load once, in ``__init__``; instances are meant to live in a Ray actor.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import Annotated
 
 import numpy as np
@@ -39,84 +37,12 @@ from pydantic import Field
 
 from deid.faces.base import DetectorBase, DetectorParams
 from deid.faces.centerface_backend import CenterFaceDetector, nms
+from deid.faces.mtcnn_nets import INSTALL_HINT, LAYERS, NETS, _net, weight_files  # noqa: F401 - re-exported
 from deid.faces.registry import DETECTORS
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
 THRESHOLDS = (0.6, 0.7, 0.7)
 FACTOR = 0.709
-NETS = ("pnet", "rnet", "onet")
-INSTALL_HINT = ("install the weights with `pip install --no-deps facenet-pytorch==2.6.0` (`make install` does), "
-                "or set detect.model_dir to a folder holding pnet.pt, rnet.pt and onet.pt")
-
-#: Layers of the three networks, named as in facenet-pytorch's state dicts. ``conv``/``dense``
-#: layers are each followed by the PReLU of the same number; ``pool`` is a ceil-mode max pool
-#: (kernel, stride); ``flat`` flattens in (w, h, c) order, as the Caffe-era weights expect.
-#: Heads: (name, inputs, outputs); the 2-way head is a softmax (the face probability).
-LAYERS = {
-    "pnet": ([("conv", "conv1", 3, 10, 3), ("pool", 2, 2), ("conv", "conv2", 10, 16, 3), ("conv", "conv3", 16, 32, 3)],
-             [("conv4_2", 32, 4), ("conv4_1", 32, 2)]),
-    "rnet": ([("conv", "conv1", 3, 28, 3), ("pool", 3, 2), ("conv", "conv2", 28, 48, 3), ("pool", 3, 2),
-              ("conv", "conv3", 48, 64, 2), ("flat",), ("dense", "dense4", 576, 128)],
-             [("dense5_2", 128, 4), ("dense5_1", 128, 2)]),
-    "onet": ([("conv", "conv1", 3, 32, 3), ("pool", 3, 2), ("conv", "conv2", 32, 64, 3), ("pool", 3, 2),
-              ("conv", "conv3", 64, 64, 3), ("pool", 2, 2), ("conv", "conv4", 64, 128, 2), ("flat",),
-              ("dense", "dense5", 1152, 256)],
-             [("dense6_2", 256, 4), ("dense6_3", 256, 10), ("dense6_1", 256, 2)]),
-}
-
-
-def weight_files(model_dir: str | None = None) -> dict[str, str]:
-    """``{"pnet": path, "rnet": path, "onet": path}`` from ``model_dir`` or, by default, the
-    installed facenet-pytorch package's ``data`` folder (found without importing it)."""
-    if model_dir:
-        folder = os.path.abspath(os.path.expanduser(model_dir))
-        where = f"{model_dir} (detect.model_dir)"
-    else:
-        spec = importlib.util.find_spec("facenet_pytorch")
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"detect.backend mtcnn needs the MTCNN weights of facenet-pytorch: {INSTALL_HINT}")
-        folder = os.path.join(next(iter(spec.submodule_search_locations)), "data")
-        where = f"{folder} (the installed facenet-pytorch)"
-    files = {n: os.path.join(folder, f"{n}.pt") for n in NETS}
-    missing = [os.path.basename(p) for p in files.values() if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"{where}: no {', '.join(missing)}; {INSTALL_HINT}")
-    return files
-
-
-def _net(name: str):
-    """One of the three networks, untrained; outputs its heads in :data:`LAYERS` order."""
-    import torch
-    from torch import nn
-
-    layers, heads = LAYERS[name]
-    flat = any(kind == "flat" for kind, *_ in layers)
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            for kind, *a in layers:
-                if kind in ("conv", "dense"):
-                    setattr(self, a[0], nn.Conv2d(*a[1:]) if kind == "conv" else nn.Linear(*a[1:]))
-                    setattr(self, "prelu" + a[0][-1], nn.PReLU(a[2]))
-            for head, n_in, n_out in heads:
-                setattr(self, head, nn.Linear(n_in, n_out) if flat else nn.Conv2d(n_in, n_out, 1))
-
-        def forward(self, x):
-            x = x.contiguous(memory_format=torch.channels_last)  # CPU: ~1.5x faster than NCHW
-            for kind, *a in layers:
-                if kind == "pool":
-                    x = nn.functional.max_pool2d(x, a[0], a[1], ceil_mode=True)
-                elif kind == "flat":
-                    x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
-                else:
-                    x = getattr(self, "prelu" + a[0][-1])(getattr(self, a[0])(x))
-            outs = [getattr(self, head)(x) for head, *_ in heads]
-            return tuple(torch.softmax(o, 1) if h[2] == 2 else o for o, h in zip(outs, heads))
-
-    return Net()
-
-
 def pyramid(h: int, w: int, min_face_size: float, factor: float) -> list[float]:
     """P-Net's scales: from ``12 / min_face_size`` down by ``factor`` while the shorter
     side stays at least 12 px."""
