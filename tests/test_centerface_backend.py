@@ -366,7 +366,7 @@ def test_the_small_face_cascade_finds_small_real_faces_the_default_misses(cf):
     CenterFace finds 35 of them (measured), the default (O-Net on the upright pass's low-score
     small detections) 38, and everything the plain pass found."""
     pytest.importorskip("torch")
-    from deid.faces.mtcnn_backend import weight_files
+    from deid.faces.mtcnn_nets import weight_files
 
     try:
         weight_files()

@@ -13,7 +13,8 @@ from deid.config.schema import detect_section
 from deid.faces import make_detector
 from deid.faces import mtcnn_nets
 from deid.faces.dlib_backend import DlibDetector, dlib5_points
-from deid.faces.mtcnn_backend import MTCNNDetector, nms_min, proposals, pyramid, regress, square, weight_files
+from deid.faces.mtcnn_backend import MTCNNDetector, nms_min, proposals, pyramid, regress, square
+from deid.faces.mtcnn_nets import weight_files
 from deid.faces.registry import DETECTORS
 from deid.faces.types import iou
 from test_faces import _recall, rgb, voc_truth

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from deid.faces.base import DetectorParams
 from deid.faces.centerface_backend import ViewedDetector, nms
-from deid.faces.mtcnn_nets import INSTALL_HINT, LAYERS, NETS, _net, weight_files  # noqa: F401 - re-exported
+from deid.faces.mtcnn_nets import _net, weight_files
 from deid.faces.registry import DETECTORS
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
 
