@@ -214,3 +214,30 @@ def test_transient_failures_are_retried_and_stale_outputs_reconciled(tmp_path, p
                    tmp_path / "audit" / "records" / "99991231T000000Z-lost-part-00000.parquet")
     again = run_job(m2, engine="local", progress=False).summary["counts"]
     assert again["skipped"] == 4 and again["quarantined"] + again["dropped"] == 2
+
+
+def test_two_runs_in_one_second_the_later_stands(tmp_path):
+    """Run ids sort as the runs started, also within one second (a fast second run after a
+    failed one: CI found the failed row standing when ids were to the second)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deid.audit.schema import AUDIT_SCHEMA
+    from deid.pipeline.run import new_run_id
+
+    ids = []
+    while len(ids) < 20:
+        ids.append(new_run_id())
+        time.sleep(0.002)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    first, second = next((a, b) for a, b in zip(ids, ids[1:]) if a[:15] == b[:15])  # the same second
+    records = tmp_path / "audit" / "records"
+    records.mkdir(parents=True)
+    for run_id, status in ((second, "released"), (first, "failed")):  # written out of order
+        row = dict.fromkeys(AUDIT_SCHEMA.names) | {"run_id": run_id, "record_id": "r0", "status": status,
+                                                    "input_uri": "/in/0.jpg"}
+        if status == "failed":
+            row["error_code"] = "lost"
+        pq.write_table(pa.Table.from_pylist([row], schema=AUDIT_SCHEMA), records / f"{run_id}-part-00000.parquet")
+    stand = standing_rows(str(tmp_path / "audit")).to_pandas()
+    assert list(stand.status) == ["released"] and stand.run_id[0] == second

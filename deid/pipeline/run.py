@@ -59,7 +59,12 @@ class RunResult:
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    """The UTC start time to the millisecond plus 8 random hex digits: run ids sort as the runs
+    started (the audit's standing row of a record is that of its latest run), also for two runs
+    of one job in the same second."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return stamp + "-" + uuid.uuid4().hex[:8]
 
 
 def run_job(manifest: Manifest, *, engine: str | None = None, progress: bool | None = None,
