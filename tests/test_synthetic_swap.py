@@ -134,7 +134,7 @@ def test_identity_changes_and_pose_is_kept(swap, tools):
     exact = SyntheticSwap({**swap.params.model_dump(), "shape": 1.0}, latent=swap.latent, mesher=swap.mesher)
     keyed = SyntheticSwap({**swap.params.model_dump(), "key_points": True}, latent=swap.latent, mesher=swap.mesher)
     dists, errs = {0: [], 1: [], "k": []}, {0: [], 1: [], "k": []}
-    for rgb in _photos(6):
+    for rgb in _photos(12):
         face = _main_face(det, rgb)
         before = mesh_arcface5(_main_face(mesher, rgb).mesh)
         eye = np.linalg.norm(before[0] - before[1])
@@ -144,10 +144,16 @@ def test_identity_changes_and_pose_is_kept(swap, tools):
             dists[k].append(float(rec.distance(rec.embed(rgb, located), rec.embed(out, located))[0]))
             after = mesh_arcface5(_main_face(mesher, out).mesh)
             errs[k].append(float(np.linalg.norm(before - after, axis=1).mean() / eye))
-    assert min(dists[0]) >= 0.6, dists       # dlib's same-person threshold: a different person
+    # a different person by dlib's same-person threshold (0.6), for all but the rare draw: the bank
+    # and the draw come from OS entropy, and a draw under 0.6 is what the run's identity check
+    # catches. Measured on 3 fresh banks x 12 photos: 0/36 under 0.6 (default), 1/36 (key points),
+    # medians 0.79-0.84; CI once drew 0.594 on the third photo. At a per-draw rate of 3%, three or
+    # more of 12 under 0.6 happens in 0.5% of runs; a swap that keeps the identity fails every time.
+    for k in (0, "k"):
+        d = np.array(dists[k])
+        assert (d < 0.6).sum() <= 2 and np.median(d) >= 0.7, (k, dists)
     assert np.median(errs[1]) <= 0.05, errs  # eyes, nose, mouth stay where they were
     assert np.median(errs[0]) <= 0.10, errs  # the nearest pose of a 48-stranger bank, own proportions
-    assert min(dists["k"]) >= 0.6, dists
     assert np.median(errs["k"]) < np.median(errs[0]), errs  # its key points on the original's
 
 
