@@ -390,3 +390,23 @@ def test_a_stored_charge_that_cannot_be_certified_is_a_ledger_error():
     with pytest.raises(LedgerError, match=r"cannot certify \(gaussian, epsilon=1\.993.*docs/privacy\.md"):
         _charge("gaussian", 1.993, 1e-5, 1.0, 2.0)
     assert _charge("laplace", 1.0, 0.0, 2.0, 2.0).epsilon == 1.0
+
+
+def test_cli_run_with_a_weak_key_says_so_without_a_traceback(tmp_path: Path):
+    """A subject key under 16 bytes in $DEID_SUBJECT_KEY: `deid run` of a DP job (in process)
+    stops before anything is processed, with the reason and how to make one, exit 2."""
+    import os
+
+    import yaml
+
+    m = {"version": 1, "input": {"uri": str(REPO / "manifests" / "samples" / "lfw")},
+         "output": {"uri": str(tmp_path / "out")}, "anonymize": {"method": "dp-image", "params": {"epsilon": 4}},
+         "privacy": {"ledger": str(tmp_path / "ledger.sqlite"), "max_epsilon": 8}}
+    job = tmp_path / "dp.yaml"
+    job.write_text(yaml.safe_dump(m))
+    proc = subprocess.run([sys.executable, "-m", "deid.cli.app", "run", str(job), "--inline", "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DEID_SUBJECT_KEY": "demo-key"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "$DEID_SUBJECT_KEY" in proc.stderr and "init-key" in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jpg"))

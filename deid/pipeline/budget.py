@@ -31,12 +31,15 @@ def budget_service(manifest: Manifest, engine: str):
 
     p = manifest.privacy
     args = (p.ledger, p.max_epsilon, p.max_delta, p.subject_key_env, p.subject_key_file, p.create_subject_key)
+    from deid.privacy.keys import SubjectKeyError, load_secret, write_new_secret
+
     if engine != "ray":
-        return BudgetService(*args)
+        try:
+            return BudgetService(*args)
+        except SubjectKeyError as exc:  # the user's to fix: a message, not a traceback
+            raise RunError(str(exc)) from None
     ray = init_ray(manifest)
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from deid.privacy.keys import SubjectKeyError, load_secret, write_new_secret
 
     # The secret is read here, on the driver: on a cluster the actor's process does not
     # share the driver's environment. It reaches the actor by a direct call (use_key), not
