@@ -1,8 +1,8 @@
 """The ``attribute`` method: attribute agreement, edit cost and a look at the outputs (docs/attributes.md).
 
 Agreement (the issue's measure): per face, the attribute plug-in run on the RELEASED photo at the
-face's box gives the value PPAS released; also on the decoded stranger itself (what the edit
-loop checks). Faces: the largest CenterFace face of every ``--every``-th lfw-dev photo. One
+face's box gives the value PPAS released; also what the edit loop's check read (``edit_check``:
+the face swapped into the photo, or the decoded stranger alone). Faces: the largest CenterFace face of every ``--every``-th lfw-dev photo. One
 release per face with the method's defaults (OpenDP randomized response: the released values
 are random, so the released distribution is the reference-and-noise mix, not the photos').
 
@@ -12,6 +12,7 @@ are random, so the released distribution is the reference-and-noise mix, not the
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,6 +28,8 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=40)
     ap.add_argument("--bank", type=int, default=256)
     ap.add_argument("--png", default=None, help="write originals and outputs side by side here")
+    ap.add_argument("--params", default="{}", help="the method's params (JSON) over the defaults, e.g. "
+                    "'{\"edit_check\": \"stranger\"}'")
     a = ap.parse_args()
 
     from PIL import Image
@@ -35,7 +38,7 @@ def main() -> None:
     from deid.faces.registry import make_detector
 
     t = time.perf_counter()
-    m = make_anonymizer("attribute", {"bank_size": a.bank}, {"backend": "mobilestylegan"})
+    m = make_anonymizer("attribute", {"bank_size": a.bank, **json.loads(a.params)}, {"backend": "mobilestylegan"})
     print(f"method ready in {time.perf_counter() - t:.1f} s; card: "
           f"{ {n: v['heldout_accuracy'] for n, v in m.set.card()['attributes'].items()} }")
     det = make_detector({"backend": "centerface"})
@@ -65,11 +68,11 @@ def main() -> None:
         for attr, v in tr["released"].items():
             released_counts[attr][v] += 1
             agree[attr] += int(attr in seen and seen[attr].label == v)
-            stranger[attr] += int(tr["stranger"].get(attr) == v)
+            stranger[attr] += int(tr["checked"].get(attr) == v)
     print(f"faces: {n}; ms/face median {np.median(ms):.0f}, mean {np.mean(ms):.0f}; decodes/face mean "
           f"{np.mean(decodes):.2f}, 0 decodes (a stranger of the set already matched): {decodes.count(0)}")
     for attr in m.specs:
-        print(f"{attr}: released photo {agree[attr]}/{n} = {agree[attr] / n:.1%}; decoded stranger "
+        print(f"{attr}: released photo {agree[attr]}/{n} = {agree[attr] / n:.1%}; the edit check's reading ({m.params.edit_check}) "
               f"{stranger[attr]}/{n} = {stranger[attr] / n:.1%}; released values {dict(released_counts[attr])}")
     if a.png:
         render(m, det, Path(a.png))

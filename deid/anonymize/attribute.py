@@ -88,6 +88,11 @@ class AttributeMethodParams(SwapParams):
     edit_margin: float = Field(1.0, gt=0.0, le=10.0, description="first edit: this many score-stds past the "
                                "classifier's boundary")
     edit_step: float = Field(0.75, gt=0.0, le=10.0, description="later edits: this many score-stds further each")
+    edit_check: Literal["photo", "stranger"] = Field(
+        "photo", description="what the plug-ins read to decide an edit is done: photo, the face as it would be "
+        "released (the stranger swapped into the photo, where the plug-ins also see what is kept of the original); "
+        "stranger, the decoded stranger alone (fewer decodes; the released photo reads the released age less often, "
+        "docs/attributes.md)")
     test_seed: int | None = Field(None, description="TEST MODE ONLY: seeded, non-DP randomized response; marked in "
                                   "the audit (dp_test_mode), never released")
     perturbation: str | None = path_field(
@@ -283,21 +288,38 @@ class AttributeMethod(StrangerMethod):
             res = None
             if pts is not None:
                 j = self.choose(pts, targets, rng)
-                labels = {a: int(self.bank.label(j, a)) for a in names}
-                edit = edit_toward(self.model, self.labeller, self.bank.ws[j], labels, dict(zip(names, targets)),
+
+                def swapped(crop, cpts):
+                    return swap_face(rgb, pts, crop, cpts, self.tris, keep_forehead=p.keep_forehead,
+                                     feather=p.feather, poisson=p.blend == "poisson", colour=p.colour_match,
+                                     shape=p.shape, grow=p.grow, key_points=p.key_points)
+
+                def in_photo(res):  # the plug-ins on the face as it would be released
+                    trial = np.array(out, copy=True)
+                    composite(trial, res)
+                    return {a: int(e.value) for a, e in self.estimate(trial, [face])[0].items()}
+
+                def labeller(image):  # edit_toward's check: the decoded stranger's mesh, and the photo's reading
+                    got = self.labeller(image)
+                    if got is None or p.edit_check == "stranger":
+                        return got
+                    return got[0], in_photo(swapped(*crop_face(image, got[0], p.bank_crop)))
+
+                crop, cpts = self.bank.crops[j], self.bank.points[j]
+                res = swapped(crop, cpts)
+                labels = ({a: int(self.bank.label(j, a)) for a in names} if p.edit_check == "stranger"
+                          else in_photo(res))
+                edit = edit_toward(self.model, labeller, self.bank.ws[j], labels, dict(zip(names, targets)),
                                    self.set.directions, max_steps=p.edit_steps, margin=p.edit_margin,
                                    step=p.edit_step) if p.edit_steps else None
-                crop, cpts = self.bank.crops[j], self.bank.points[j]
                 if edit is not None and edit.image is not None and edit.mesh is not None:
                     crop, cpts = crop_face(edit.image, edit.mesh, p.bank_crop)
-                agreed = edit.agreed if edit is not None else bool(np.all(self._labels[j] == targets))
+                    res = swapped(crop, cpts)
+                agreed = edit.agreed if edit is not None else all(labels.get(a) == t for a, t in zip(names, targets))
                 got = edit.labels if edit is not None else labels
-                res = swap_face(rgb, pts, crop, cpts, self.tris, keep_forehead=p.keep_forehead, feather=p.feather,
-                                poisson=p.blend == "poisson", colour=p.colour_match, shape=p.shape, grow=p.grow,
-                                key_points=p.key_points)
                 extra.update(edit_decodes=0 if edit is None else edit.decodes, agreed=bool(agreed))
                 if self.trace is not None:
-                    self.trace.append({"released": dict(released), "stranger": {
+                    self.trace.append({"released": dict(released), "checked": {
                         a: self.specs[a].values[v] if v >= 0 else None for a, v in got.items() if a in self.specs},
                         "decodes": extra["edit_decodes"]})
             if res is None:  # no mesh: the face is masked, never left as it was
