@@ -71,7 +71,7 @@ def test_audit_schema_and_privacy(photos, tmp_path):
     # nothing that could rebuild a face: no float vectors anywhere in the schema
     face_fields = {f.name for f in AUDIT_SCHEMA.field("faces").type.value_type}
     assert face_fields == {"box", "det_score", "id_distance", "still_detected", "passed", "check", "epsilon", "delta",
-                           "mechanism", "sensitivity", "noise_scale", "subject_spent_after", "attributes"}
+                           "mechanism", "sensitivity", "noise_scale", "subject_spent_after", "attributes", "treatment"}
     for name in AUDIT_SCHEMA.names:
         assert not any(w in name for w in ("embed", "latent", "noise_sample", "seed", "subject_name"))
     row = df.iloc[0]

@@ -75,8 +75,10 @@ def test_the_demo_selfie_comes_out_with_all_seven_faces_anonymized_by_the_defaul
         if f["check"] == "cut_by_frame":
             x0, y0, x1, y1 = f["box"]
             assert (out[y0 + 2:y1 - 2, x0 + 2:x1 - 2] == 0).all()  # checks.small_face: mask
+            assert f["treatment"] == "mask"  # the audit says what was done to it
         else:
             assert f["passed"] and f["id_distance"] >= 0.6
+            assert f["treatment"] == m.anonymize.method
 
 
 def test_the_demo_selfie_comes_out_with_all_seven_faces_anonymized_with_hog_thanks_to_the_gate(tmp_path):
@@ -204,6 +206,7 @@ def test_a_tiny_background_face_is_masked_and_its_check_marked_not_applicable(tm
         assert tiny["box"][2] - tiny["box"][0] < m.checks.min_face_px <= big["box"][2] - big["box"][0]
         assert tiny["check"] == "not_applicable" and tiny["id_distance"] is None and tiny["passed"] is None
         assert big["check"] == "measured" and big["passed"]
+        assert (tiny["treatment"], big["treatment"]) == (treatment, m.anonymize.method)
         x0, y0, x1, y1 = tiny["box"]
         patch = out[y0:y1, x0:x1].reshape(-1, 3)
         if treatment == "mask":

@@ -194,3 +194,32 @@ def test_a_bank_is_cached_and_reloaded(swap, tmp_path):
     again = StrangerBank.load(path)
     assert np.array_equal(again.crops, swap.bank.crops) and np.allclose(again.points, swap.bank.points)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_box_without_a_face_is_masked_not_given_a_misplaced_stranger(swap, tools):
+    """The face mesh regresses 468 points on any crop; where its face-presence score says no
+    face (a detector's false positive on hair, a head turned away, a part of a face), a stranger
+    warped onto those points would sit beside whatever is there. Such a box is masked, and its
+    facts say so (the audit's ``treatment``: mask); a real face in the same photo is swapped."""
+    import dataclasses
+
+    import cv2
+
+    from deid.audit.rows import treatment_of
+
+    det, _, _ = tools
+    rgb = np.asarray(Image.open(lfw_images()[0]).convert("RGB"))
+    face = _main_face(det, rgb)
+    # beside the photo, the same photo under a heavy blur, and the detection moved onto it: the
+    # mesh finds no face there (presence under 0.005 on the first 12 bundled photos)
+    w = rgb.shape[1]
+    canvas = np.ascontiguousarray(np.hstack([rgb, cv2.GaussianBlur(rgb, (0, 0), 12)]))
+    x0, y0, x1, y1 = face.box
+    ghost = dataclasses.replace(face, box=(x0 + w, y0, x1 + w, y1), landmarks5=face.landmarks5 + [w, 0],
+                                mesh=None, dlib_box=None)
+    assert swap.mesh_of(canvas, ghost) is None and swap.mesh_of(canvas, face) is not None
+    out, facts = swap(canvas, [face, ghost], np.random.default_rng())
+    assert facts[0].get("swapped") is True and treatment_of(facts[0]) == "synthetic-swap"
+    assert facts[1].get("swapped") is False and facts[1].get("masked") is True and treatment_of(facts[1]) == "mask"
+    assert (out[y0:y1, x0 + w:x1 + w] == 0).all()  # the mask's solid fill
+    assert np.any(out[y0:y1, x0:x1] != rgb[y0:y1, x0:x1], axis=2).mean() > 0.4

@@ -187,9 +187,6 @@ class AttributeMethod(StrangerMethod):
         self._pose_idx = idx
         self._shapes = _pose_shape(self.bank.points, idx)
         self._labels = np.stack([self.bank.labels[:, self.bank.attributes.index(a)] for a in p.attributes], 1)
-        from deid.anonymize.registry import make_anonymizer
-
-        self._mask = make_anonymizer("mask")
         self.uap = None
         if p.perturbation is not None:
             from deid.anonymize.uap import UAP
@@ -323,7 +320,7 @@ class AttributeMethod(StrangerMethod):
                         a: self.specs[a].values[v] if v >= 0 else None for a, v in got.items() if a in self.specs},
                         "decodes": extra["edit_decodes"]})
             if res is None:  # no mesh: the face is masked, never left as it was
-                out, _ = self._mask(out, [face], rng)
+                out = self.mask_face(out, face, rng)
                 extra.update(swapped=False, masked=True)
             else:
                 composite(out, res)

@@ -103,13 +103,18 @@ def _eyes(face: Face) -> tuple[np.ndarray, np.ndarray]:
 def mesh_points(mesher: Any, rgb: np.ndarray, face: Face, own: bool = True) -> np.ndarray | None:
     """A face's 468 mesh points (image pixels): its own (``own`` and the face has one), or
     ``mesher``'s (a :class:`deid.faces.facemesh_backend.FaceMeshDetector`) run on its box and
-    eyes; None when the mesh is not found."""
+    eyes; None when the mesh is not found: not finite, or its face-presence score under the
+    mesher's ``min_presence`` (0.5, as when the mesh detects faces itself). The mesh regresses
+    468 points on any crop; with a low presence they lie on background or a part of a face (a
+    stranger warped onto them would sit beside the face), so the face takes the method's fallback."""
     if own and face.mesh is not None:
         return np.asarray(face.mesh, dtype=np.float64)[:, :2]
     le, re = _eyes(face)
     kp = np.stack([le, re, le, re, le, re])
     pts, presence = mesher.mesh(rgb, np.asarray(face.box, dtype=np.float64), kp)
-    return pts[:, :2] if np.isfinite(pts).all() else None
+    if not np.isfinite(pts).all() or presence < getattr(mesher, "min_presence", 0.5):
+        return None
+    return pts[:, :2]
 
 
 class StrangerMethod:
@@ -142,6 +147,15 @@ class StrangerMethod:
     def mesh_fingerprint(self) -> str:
         """sha256 of the face mesh's model file (a part of the key of every bank built with it)."""
         return hashlib.sha256(Path(self.mesher.mesh_file).read_bytes()).hexdigest()
+
+    def mask_face(self, rgb: np.ndarray, face: Face, rng) -> np.ndarray:
+        """``rgb`` with ``face`` under the solid mask: what a face the method cannot take (no face
+        mesh) gets, so that it is never released as it was."""
+        if getattr(self, "_mask", None) is None:
+            from deid.anonymize.registry import make_anonymizer
+
+            self._mask = make_anonymizer("mask")
+        return self._mask(rgb, [face], rng)[0]
 
     def mesh_of(self, rgb: np.ndarray, face: Face) -> np.ndarray | None:
         """The face's 468 mesh points (image pixels): its own, or the face mesh run on its box."""
@@ -222,8 +236,9 @@ class SyntheticSwap(StrangerMethod):
                                 keep_forehead=p.keep_forehead, feather=p.feather, poisson=p.blend == "poisson",
                                 colour=p.colour_match, shape=p.shape, grow=p.grow,
                                 key_points=p.key_points)
-            if res is None:
-                facts.append(FaceFacts(method=self.name, extra={"swapped": False}))
+            if res is None:  # no mesh (or no warp): the face is masked, never left as it was
+                out = self.mask_face(out, face, rng)
+                facts.append(FaceFacts(method=self.name, extra={"swapped": False, "masked": True}))
                 continue
             composite(out, res)
             facts.append(FaceFacts(method=self.name, extra={"stranger": p.stable, "swapped": True}))

@@ -60,4 +60,13 @@ def face_row(face, facts=None, check=None, spent_after: float | None = None) -> 
         "check": None if check is None else check.label,
         **(_NO_FACTS if facts is None else facts.audit_fields()),
         "subject_spent_after": spent_after,
+        "treatment": treatment_of(facts),
     }
+
+
+def treatment_of(facts) -> str | None:
+    """What was done to a face (the audit's ``treatment``): the method's name, ``mask`` where the
+    method masked it instead (its facts say ``masked``), None when nothing was done."""
+    if facts is None or not facts.method:
+        return None
+    return "mask" if facts.get("masked") else facts.method

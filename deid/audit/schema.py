@@ -36,6 +36,10 @@ FACE = pa.struct(
         # the attribute method: each released attribute's name, number of values, epsilon and
         # mechanism (never its estimated or released value); null for the other methods
         ("attributes", pa.list_(ATTRIBUTE)),
+        # what was done to the face: the run's method (e.g. synthetic-swap), or mask / pixelate (the
+        # small-face and frame-cut treatment, or a face the method masked, e.g. no face mesh); null:
+        # nothing (a withheld record), or an audit written before the field existed
+        ("treatment", pa.string()),
     ]
 )
 
