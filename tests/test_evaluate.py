@@ -108,11 +108,32 @@ def test_solid_mask_drives_t1_to_chance(swept):
     assert u["face"]["ssim"] < 0.1 and u["face"]["mse"] > 1000
     # no face is found under a solid mask, so none has a pose error
     assert u["pose"]["n"] == 0 and u["pose"]["n_not_found"] == 24 and u["pose"]["median"] is None
+
     # the mask edits the face region only: outside the (grown) faces the photo is as it was,
     # while the whole image is not
     assert u["outside_faces"]["ssim"] > 0.95 > u["image"]["ssim"]
     blur = swept["groups"]["blur"]["utility"]
     assert u["frechet"]["value"] > 10 * blur["frechet"]["value"]
+
+
+def test_the_method_faces_rates_count_the_faces_the_audit_says_the_method_treated(swept):
+    """``detection_rate.method_faces``: the faces whose audit ``treatment`` is the run's method,
+    as many as the audit holds, with the detection rates of those faces."""
+    import pandas as pd
+
+    df = pd.read_parquet(swept["out"] / "audit" / "records")
+    for label in ("blur", "mask"):
+        g = swept["groups"][label]
+        rows = df[df.run_id == g["run_id"]]
+        faces = [f for fs in rows.faces for f in fs]
+        assert faces and all(f["treatment"] in (g["method"], "mask", "pixelate") for f in faces)
+        mine = sum(f["treatment"] == g["method"] for f in faces)
+        dr = g["utility"]["detection_rate"]
+        assert dr["method_faces"]["configured"]["n"] == mine
+        assert dr["method_faces"]["second"]["n"] <= min(mine, dr["second"]["n"])
+    # a weak blur leaves its faces for the detector; none is found under the solid mask
+    assert swept["groups"]["blur"]["utility"]["detection_rate"]["method_faces"]["configured"]["rate"] >= 0.9
+    assert swept["groups"]["mask"]["utility"]["detection_rate"]["method_faces"]["configured"]["rate"] == 0.0
 
 
 def test_same_source_identification_without_anonymization_is_near_certain(swept):

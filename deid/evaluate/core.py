@@ -90,6 +90,9 @@ class Measured:
     det_second: list | None
     det_second_orig: list | None
     pose: float | None = None                 # pose error (utility.pose_error); None: face not found
+    #: per audit box: the method itself anonymized the face (its ``treatment`` is the method, not
+    #: the small-face mask or a fallback); None per box in audits written before ``treatment``
+    treated: list = field(default_factory=list)
     rev: dict = field(default_factory=dict)   # reversal variant -> recognizer name -> vector
 
 
@@ -445,7 +448,8 @@ class Evaluator:
                 orig=orig, image=utility.image_metrics(orig_rgb, out, outside_of=orig.boxes),
                 face=utility.image_metrics(utility.crop_box(orig_rgb, orig.geom.box), utility.crop_box(out, orig.geom.box)),
                 det_configured=utility.matched(found, orig.boxes), det_second=det2, det_second_orig=det2o,
-                pose=pose,
+                pose=pose, treated=[None if f.get("treatment") is None else f["treatment"] == r["method"]
+                                    for f in (r["faces"] or []) if f.get("box")],
             ))
 
         glist = [g for g in groups.values() if g.records]
@@ -534,6 +538,9 @@ class Evaluator:
                 "configured": _rate([x for m in g.records for x in m.det_configured]),
                 "second": _rate([x for m in g.records if m.det_second is not None for x in m.det_second]),
                 "second_on_originals": _rate([x for m in g.records if m.det_second_orig is not None for x in m.det_second_orig]),
+                # the same, over the faces the method itself anonymized (audit treatment): not the
+                # small and frame-cut faces under checks.small_face, nor the faces a method masked
+                "method_faces": {k: _rate(_treated(g.records, k)) for k in ("configured", "second", "second_on_originals")},
             },
             "image": _means([m.image for m in g.records]),
             "face": _means([m.face for m in g.records]),
@@ -568,6 +575,16 @@ class Evaluator:
 
 def _checks(recognizer) -> bool:
     return bool(getattr(recognizer, "used_by_checks", False))
+
+
+_DETECTED = {"configured": "det_configured", "second": "det_second", "second_on_originals": "det_second_orig"}
+
+
+def _treated(records: list, which: str) -> list[bool]:
+    """The detection flags (``which``: a key of :data:`_DETECTED`) of the faces whose audit
+    treatment was the run's method."""
+    attr = _DETECTED[which]
+    return [x for m in records if getattr(m, attr) is not None for x, t in zip(getattr(m, attr), m.treated) if t]
 
 
 def _rate(flags: list[bool]) -> dict:

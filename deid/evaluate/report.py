@@ -227,19 +227,24 @@ Originals {'shown' if originals else 'left out of this report'}.</p>""")
     d = metrics["detectors"]
     parts.append(f"<h2>Utility</h2><p class='note'>Detection rate: share of the original's faces still found on the output "
                  f"(IoU &ge; {d['iou_match']}) by the run's detector ({e(d['configured'])}) and by a second one "
-                 f"({e(str(d['second']))}; its rate on the originals in brackets). SSIM/PSNR/MSE against the original, whole "
+                 f"({e(str(d['second']))}; its rate on the originals in brackets); the method's faces: those the method "
+                 f"itself anonymized (the audit's treatment), not the small and frame-cut faces under checks.small_face "
+                 f"nor faces it masked. SSIM/PSNR/MSE against the original, whole "
                  f"image and face box. Fréchet distance over {e(FRECHET_NOTE)}. Pose error: where the run's detector "
                  f"still finds the face, dlib's 68-point landmarks (five ArcFace points) against the original's, over the "
                  f"eye distance: median, and the share within 5%.</p>")
-    parts.append("<table><tr><th class='l'>group</th><th>detected (run's)</th><th>detected (second)</th><th>SSIM image</th>"
+    parts.append("<table><tr><th class='l'>group</th><th>detected (run's)</th><th>detected (second)</th>"
+                 "<th>method's faces detected (run's / second)</th><th>SSIM image</th>"
                  "<th>SSIM face</th><th>SSIM outside faces</th><th>PSNR face dB</th><th>MSE face</th><th>Fréchet (HOG)</th>"
                  "<th>pose error median</th><th>pose &le; 5%</th></tr>")
     for g in metrics["groups"]:
         u = g["utility"]
         dr = u["detection_rate"]
+        mf = dr.get("method_faces") or {k: {"rate": None, "n": 0} for k in ("configured", "second")}
         parts.append(
             f"<tr><td class='l'>{e(g['label'])}</td><td>{_fmt(dr['configured']['rate'], True)}</td>"
             f"<td>{_fmt(dr['second']['rate'], True)} ({_fmt(dr['second_on_originals']['rate'], True)}, n={dr['second']['n']})</td>"
+            f"<td>{_fmt(mf['configured']['rate'], True)} / {_fmt(mf['second']['rate'], True)} (n={mf['configured']['n']})</td>"
             f"<td>{_fmt(u['image']['ssim'])}</td><td>{_fmt(u['face']['ssim'])}</td>"
             f"<td>{_fmt(u.get('outside_faces', {}).get('ssim'))}</td><td>{_fmt(u['face']['psnr'], nd=1)}</td>"
             f"<td>{_fmt(u['face']['mse'], nd=0)}</td><td>{_fmt(u['frechet']['value'], nd=2)}</td>"
