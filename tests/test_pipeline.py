@@ -58,6 +58,11 @@ def test_ray_run_writes_outputs_audit_and_summary(photos, tmp_path, ray_local):
     assert len(dists) == df.n_faces.sum() == res.summary["faces"]
     assert all(d is not None and d > 0 for d in dists)
     assert res.summary["id_distance"]["min"] == pytest.approx(min(dists), rel=1e-5)
+    # and counts the faces by what was done to them, as the audit says
+    from collections import Counter
+
+    assert res.summary["face_treatments"] == dict(Counter(f["treatment"] for faces in df.faces for f in faces))
+    assert sum(res.summary["face_treatments"].values()) == res.summary["faces"]
     summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
     assert summary["run_id"] == res.run_id and summary["counts"]["released"] == len(inputs)
     assert (tmp_path / "audit" / "summaries" / f"{res.run_id}.json").exists()

@@ -89,10 +89,11 @@ def run(
     dist = f"min {d['min']:.3f}, median {d['median']:.3f}" if d["n"] else "n/a"
     res = s.get("residual_faces") or {}
     missed = ", ".join(f"{k} {v}" for k, v in res.items() if v) or "none"
+    treated = ", ".join(f"{k} {v}" for k, v in (s.get("face_treatments") or {}).items())
     typer.echo(
         f"\nrun {s['run_id']}: {s['inputs']} records in {s['wall_seconds']:.1f} s ({s['records_per_second']} rec/s)\n"
         f"  status       {counts}\n"
-        f"  faces        {s['faces']}   identity distance {dist}\n"
+        f"  faces        {s['faces']}" + (f" ({treated})" if treated else "") + f"   identity distance {dist}\n"
         f"  missed faces {missed}  (found on outputs by the residual-face gate)\n"
         f"  released     {s['output_uri']}\n"
         f"  quarantine   {s['quarantine_uri']}\n"

@@ -24,6 +24,7 @@ class Tally:
     faces: int = 0
     distances: list = field(default_factory=list)
     residual: Counter = field(default_factory=Counter)  # residual-face gate: action -> faces
+    treatments: Counter = field(default_factory=Counter)  # audit faces' treatment -> faces
 
 
 def consume(results, expected, seen, writer, counts, bar, on_batch, tally: Tally) -> None:
@@ -38,6 +39,7 @@ def consume(results, expected, seen, writer, counts, bar, on_batch, tally: Tally
         tally.faces += int(pc.sum(table.column("n_faces")).as_py() or 0)
         flat = pc.list_flatten(table.column("faces"))
         tally.distances += [d for d in pc.struct_field(flat, "id_distance").to_pylist() if d is not None]
+        tally.treatments.update(t for t in pc.struct_field(flat, "treatment").to_pylist() if t is not None)
         tally.residual.update(pc.struct_field(pc.list_flatten(table.column("residual_faces")), "action").to_pylist())
         bar.update(table.num_rows)
         writer.add(table)  # journaled first; raises when the audit cannot be written (the caller halts)
@@ -64,6 +66,8 @@ def run_summary(*, run_id: str, ctx, manifest, inputs: int, rows_written: int, c
         "audit_rows": rows_written,
         "counts": {k: counts.get(k, 0) for k in STATUSES},
         "faces": tally.faces,
+        # what was done to them (the audit's per-face treatment): the method, mask, pixelate
+        "face_treatments": dict(tally.treatments.most_common()),
         # faces the residual-face gate found on outputs that no anonymized region covered, by action
         "residual_faces": {a: tally.residual.get(a, 0) for a in ("anonymized", "masked", "quarantined", "unresolved")},
         "id_distance": {
