@@ -223,3 +223,62 @@ def test_a_box_without_a_face_is_masked_not_given_a_misplaced_stranger(swap, too
     assert facts[1].get("swapped") is False and facts[1].get("masked") is True and treatment_of(facts[1]) == "mask"
     assert (out[y0:y1, x0 + w:x1 + w] == 0).all()  # the mask's solid fill
     assert np.any(out[y0:y1, x0:x1] != rgb[y0:y1, x0:x1], axis=2).mean() > 0.4
+
+
+def test_a_fringe_over_the_forehead_scores_low_and_such_strangers_are_not_drawn(swap, tools):
+    """``forehead_clear``: the bare foreheads of real photos read as skin; the same photos with a
+    dark fringe painted over the forehead band do not. With the whole oval replaced
+    (``keep_forehead: false``), synthetic-swap draws only strangers whose forehead is clear
+    (``min_forehead``), so no stranger's fringe or cap is pasted over the original's forehead."""
+    from deid.anonymize.swap_ops import forehead_clear
+
+    _, mesher, _ = tools
+    bare = []
+    for rgb in _photos(12):
+        faces = mesher.detect(rgb)
+        if faces:
+            pts = max(faces, key=lambda f: f.width * f.height).mesh[:, :2]
+            score = forehead_clear(rgb, pts)
+            if score >= 0.9:
+                bare.append((rgb, pts, score))
+    assert len(bare) >= 4
+    for rgb, pts, score in bare:
+        assert forehead_clear(_paint_fringe(np.array(rgb, copy=True), pts), pts) < swap.params.min_forehead < score
+    # the draw: a bank where one stranger got such a fringe; the stranger nearest to its own pose
+    # is itself, unless the forehead rule leaves it out
+    from deid.anonymize.strangers import StrangerBank
+
+    crops = np.array(swap.bank.crops, copy=True)
+    j = 0
+    _paint_fringe(crops[j], swap.bank.points[j])
+    bank = StrangerBank(crops=crops, points=swap.bank.points, fingerprint=swap.bank.fingerprint)
+    assert bank.forehead[j] < swap.params.min_forehead <= np.sort(bank.forehead)[-swap.params.candidates]
+    saved = swap.bank, swap.params
+    try:
+        swap.bank = bank
+        rng = np.random.default_rng()
+        for update, drawn_j in (({"candidates": 1}, False), ({"candidates": 1, "min_forehead": 0.0}, True)):
+            swap.params = saved[1].model_copy(update=update)
+            assert (swap.choose(bank.points[j], rng, None) == j) is drawn_j
+        swap.params = saved[1].model_copy(update={"stable": "keyed"})
+        keyed = {swap.choose(bank.points[0], rng, f"subject-{i}") for i in range(200)}
+        assert j not in keyed and len(keyed) > len(bank) // 2
+    finally:
+        swap.bank, swap.params = saved
+
+
+def _paint_fringe(rgb, pts):
+    """Dark, hair-coloured strands over the band between the brows and the top of the face oval."""
+    import cv2
+
+    from deid.anonymize.swap_ops import eye_distance, region_polygon
+
+    band = np.zeros(rgb.shape[:2], np.uint8)
+    cv2.fillPoly(band, [np.round(region_polygon(pts, keep_forehead=False)).astype(np.int32)], 1)
+    cv2.fillPoly(band, [np.round(region_polygon(pts, keep_forehead=True)).astype(np.int32)], 0)
+    step = max(2, int(eye_distance(pts) / 8))
+    strands = np.zeros_like(band)
+    strands[:, ::step] = 1
+    strands = cv2.dilate(strands, np.ones((1, max(1, step - 1)), np.uint8))
+    rgb[(band > 0) & (strands > 0)] = (45, 30, 20)
+    return rgb

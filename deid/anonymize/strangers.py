@@ -72,11 +72,29 @@ class StrangerBank:
     def __len__(self) -> int:
         return len(self.crops)
 
-    def nearest(self, points: np.ndarray, k: int) -> np.ndarray:
-        """Indices of the ``k`` strangers whose pose is nearest to the mesh ``points``."""
+    @property
+    def forehead(self) -> np.ndarray:
+        """``float64 [n]``: how much of each stranger's forehead is skin
+        (:func:`deid.anonymize.swap_ops.forehead_clear`; computed on first use)."""
+        if getattr(self, "_forehead", None) is None:
+            self._forehead = forehead_scores(self.crops, self.points)
+        return self._forehead
+
+    def allowed(self, min_forehead: float, at_least: int = 1) -> np.ndarray | None:
+        """Indices of the strangers whose :attr:`forehead` is at least ``min_forehead``; None (all
+        of them) when ``min_forehead`` is 0 or fewer than ``at_least`` strangers qualify."""
+        if min_forehead <= 0:
+            return None
+        ok = np.flatnonzero(self.forehead >= min_forehead)
+        return ok if len(ok) >= max(1, at_least) else None
+
+    def nearest(self, points: np.ndarray, k: int, among: np.ndarray | None = None) -> np.ndarray:
+        """Indices of the ``k`` strangers whose pose is nearest to the mesh ``points`` (only
+        those of ``among`` when given)."""
         d = pose_distance(self.shapes, pose_shape(points))
-        k = max(1, min(int(k), len(d)))
-        return np.argsort(d, kind="stable")[:k]
+        idx = np.arange(len(d)) if among is None else np.asarray(among)
+        k = max(1, min(int(k), len(idx)))
+        return idx[np.argsort(d[idx], kind="stable")[:k]]
 
     def save(self, path: Path) -> None:
         from deid.io.npz import save_npz
@@ -91,6 +109,13 @@ class StrangerBank:
         z, _ = load_npz(path, "stranger bank", BANK_FORMAT, required=("crops", "points", "fingerprint"))
         return cls(crops=np.ascontiguousarray(z["crops"]), points=z["points"].astype(np.float32),
                    fingerprint=str(z["fingerprint"]))
+
+
+def forehead_scores(crops: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """:func:`deid.anonymize.swap_ops.forehead_clear` of each crop and its mesh."""
+    from deid.anonymize.swap_ops import forehead_clear
+
+    return np.array([forehead_clear(c, p) for c, p in zip(crops, points)], dtype=np.float64)
 
 
 def crop_face(image: np.ndarray, mesh_xy: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

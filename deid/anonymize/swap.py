@@ -75,6 +75,9 @@ class SwapParams(BaseModel):
     key_points: bool = Field(False, description="with shape < 1: move the stranger's eye centres, nose tip and "
                              "mouth corners onto the original's, the move fading toward its own outline (pose kept "
                              "closer; docs/synthetic-swap.md)")
+    min_forehead: float = Field(0.75, ge=0.0, le=1.0, description="with keep_forehead false: draw only strangers "
+                                "whose forehead is at least this fraction skin (no fringe, cap or scarf over it, "
+                                "which would be pasted over the original's forehead); 0: any stranger")
     grow: float = Field(0.0, ge=0.0, le=1.0, description="grow the region past the face oval by this x the eye "
                         "distance above the mouth (hairline, temples, ears from the stranger too): less re-identification "
                         "through what the oval leaves, lower SSIM and a visible band (docs/synthetic-swap.md)")
@@ -214,9 +217,13 @@ class SyntheticSwap(StrangerMethod):
 
     # ------------------------------------------------------------------ one face
     def choose(self, points: np.ndarray, rng: np.random.Generator, key: str | None) -> int:
-        if self.params.stable == "keyed" and key:
-            return _key_index(key, len(self.bank))
-        near = self.bank.nearest(points, self.params.candidates)
+        p = self.params
+        # with the whole oval replaced, the stranger's forehead goes into the photo: no fringe or cap
+        among = None if p.keep_forehead else self.bank.allowed(p.min_forehead, at_least=p.candidates)
+        if p.stable == "keyed" and key:
+            pool = np.arange(len(self.bank)) if among is None else among
+            return int(pool[_key_index(key, len(pool))])
+        near = self.bank.nearest(points, p.candidates, among=among)
         return int(near[int(rng.integers(len(near)))])
 
     def __call__(self, rgb: np.ndarray, faces: list[Face], rng: np.random.Generator | None = None,

@@ -120,6 +120,35 @@ def skin_mask(points: np.ndarray, shape: tuple[int, ...], window: tuple[int, int
     return (face > 0) & (holes == 0)
 
 
+def forehead_clear(crop: np.ndarray, points: np.ndarray) -> float:
+    """How much of a face's forehead is skin: the fraction of the band between the brows (lifted
+    by a quarter of the eye distance, as ``keep_forehead``'s region) and the top of the face oval,
+    less an outline band 8% of the eye distance wide, whose Lab colour lies within 3x the median
+    Delta-E (at least 8) of the face's central skin to its own median: the :func:`skin_mask`
+    pixels within 0.9 eye distances of the nose tip (hair over the cheeks would widen the
+    reference). A fringe, a cap or a scarf over the forehead scores low, bare skin near 1; 1 when
+    the band or the skin has under 16 pixels. A stranger's forehead goes into the photo with
+    ``keep_forehead: false``."""
+    h, w = crop.shape[:2]
+    p = np.asarray(points, dtype=np.float64)[:, :2]
+    ed = eye_distance(p)
+    full = np.zeros((h, w), np.uint8)
+    low = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(full, [np.round(region_polygon(p, False) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    cv2.fillPoly(low, [np.round(region_polygon(p, True) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    k = max(3, int(0.08 * ed) | 1)
+    band = (cv2.erode(full, np.ones((k, k), np.uint8)) > 0) & (low == 0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    skin = skin_mask(p, crop.shape) & (np.hypot(xx - p[1, 0], yy - p[1, 1]) < 0.9 * ed)  # 1: the nose tip
+    if band.sum() < 16 or skin.sum() < 16:
+        return 1.0
+    lab = _lab(crop)
+    s = lab[skin]
+    med = np.median(s, axis=0)
+    limit = max(8.0, 3.0 * float(np.median(np.linalg.norm(s - med, axis=1))))
+    return float((np.linalg.norm(lab[band] - med, axis=1) <= limit).mean())
+
+
 def _lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
 
