@@ -268,10 +268,11 @@ def test_a_fringe_over_the_forehead_scores_low_and_such_strangers_are_not_drawn(
 
 
 def _paint_fringe(rgb, pts):
-    """Dark, hair-coloured strands over the band between the brows and the top of the face oval."""
+    """Hair-coloured strands over the band between the brows and the top of the face oval: dark
+    brown on light skin, light blond on dark skin (a fringe differs from the skin it covers)."""
     import cv2
 
-    from deid.anonymize.swap_ops import eye_distance, region_polygon
+    from deid.anonymize.swap_ops import eye_distance, region_polygon, skin_mask
 
     band = np.zeros(rgb.shape[:2], np.uint8)
     cv2.fillPoly(band, [np.round(region_polygon(pts, keep_forehead=False)).astype(np.int32)], 1)
@@ -280,5 +281,6 @@ def _paint_fringe(rgb, pts):
     strands = np.zeros_like(band)
     strands[:, ::step] = 1
     strands = cv2.dilate(strands, np.ones((1, max(1, step - 1)), np.uint8))
-    rgb[(band > 0) & (strands > 0)] = (45, 30, 20)
+    light = rgb[skin_mask(pts, rgb.shape)].mean() > 110
+    rgb[(band > 0) & (strands > 0)] = (45, 30, 20) if light else (235, 215, 160)
     return rgb

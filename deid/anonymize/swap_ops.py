@@ -124,7 +124,7 @@ def forehead_clear(crop: np.ndarray, points: np.ndarray) -> float:
     """How much of a face's forehead is skin: the fraction of the band between the brows (lifted
     by a quarter of the eye distance, as ``keep_forehead``'s region) and the top of the face oval,
     less an outline band 8% of the eye distance wide, whose Lab colour lies within 3x the median
-    Delta-E (at least 8) of the face's central skin to its own median: the :func:`skin_mask`
+    Delta-E (at least 8, at most 30) of the face's central skin to its own median: the :func:`skin_mask`
     pixels within 0.9 eye distances of the nose tip (hair over the cheeks would widen the
     reference). A fringe, a cap or a scarf over the forehead scores low, bare skin near 1; 1 when
     the band or the skin has under 16 pixels. A stranger's forehead goes into the photo with
@@ -145,7 +145,8 @@ def forehead_clear(crop: np.ndarray, points: np.ndarray) -> float:
     lab = _lab(crop)
     s = lab[skin]
     med = np.median(s, axis=0)
-    limit = max(8.0, 3.0 * float(np.median(np.linalg.norm(s - med, axis=1))))
+    # the spread of a strongly lit face's skin is wide; capped, so that hair still stands out
+    limit = min(30.0, max(8.0, 3.0 * float(np.median(np.linalg.norm(s - med, axis=1)))))
     return float((np.linalg.norm(lab[band] - med, axis=1) <= limit).mean())
 
 
