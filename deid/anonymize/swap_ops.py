@@ -126,7 +126,7 @@ def forehead_clear(crop: np.ndarray, points: np.ndarray) -> float:
     less an outline band 8% of the eye distance wide, whose Lab colour lies within 3x the median
     Delta-E (at least 8, at most 30) of the face's central skin to its own median: the :func:`skin_mask`
     pixels within 0.9 eye distances of the nose tip (hair over the cheeks would widen the
-    reference). A fringe, a cap or a scarf over the forehead scores low, bare skin near 1; 1 when
+    reference). Bangs, or a cap or scarf over the band, score low, bare skin near 1; 1 when
     the band or the skin has under 16 pixels. A stranger's forehead goes into the photo with
     ``keep_forehead: false``."""
     h, w = crop.shape[:2]
