@@ -246,9 +246,12 @@ class AttributeMethod(StrangerMethod):
         d = pose_distance(self._shapes, _pose_shape(points, self._pose_idx))
         order = np.argsort(d, kind="stable")
         k = max(1, min(self.params.candidates, len(d)))
-        clear = self._forehead_ok()
-        if clear is not None and clear.sum() >= 4 * k:  # as synthetic-swap: no fringe or cap over the forehead
-            order = order[clear[order]]
+        if not self.params.keep_forehead:  # as synthetic-swap: no fringe or cap over the forehead
+            from deid.anonymize.strangers import allowed_strangers
+
+            clear = allowed_strangers(self.bank, self.params.min_forehead, at_least=4 * k)
+            if clear is not None:
+                order = order[np.isin(order, clear)]
         near = order[:k]
         score = (self._labels[near] == targets[None]).sum(1)
         if score.max() < len(targets):  # none matches every target: look 4x as far in pose first
@@ -258,18 +261,6 @@ class AttributeMethod(StrangerMethod):
                 near, score = wide, wscore
         best = near[score == score.max()]
         return int(best[int(rng.integers(len(best)))])
-
-    def _forehead_ok(self) -> np.ndarray | None:
-        """``bool [n]``: the set's strangers whose forehead is at least ``min_forehead`` skin
-        (:func:`deid.anonymize.swap_ops.forehead_clear`); None with ``keep_forehead`` or 0."""
-        p = self.params
-        if p.keep_forehead or p.min_forehead <= 0:
-            return None
-        if getattr(self, "_forehead", None) is None:
-            from deid.anonymize.strangers import forehead_scores
-
-            self._forehead = forehead_scores(self.bank.crops, self.bank.points)
-        return self._forehead >= p.min_forehead
 
     def estimate(self, rgb: np.ndarray, faces: list[Face]) -> list[dict]:
         out = [{} for _ in faces]

@@ -74,19 +74,8 @@ class StrangerBank:
 
     @property
     def forehead(self) -> np.ndarray:
-        """``float64 [n]``: how much of each stranger's forehead is skin
-        (:func:`deid.anonymize.swap_ops.forehead_clear`; computed on first use)."""
-        if getattr(self, "_forehead", None) is None:
-            self._forehead = forehead_scores(self.crops, self.points)
-        return self._forehead
-
-    def allowed(self, min_forehead: float, at_least: int = 1) -> np.ndarray | None:
-        """Indices of the strangers whose :attr:`forehead` is at least ``min_forehead``; None (all
-        of them) when ``min_forehead`` is 0 or fewer than ``at_least`` strangers qualify."""
-        if min_forehead <= 0:
-            return None
-        ok = np.flatnonzero(self.forehead >= min_forehead)
-        return ok if len(ok) >= max(1, at_least) else None
+        """``float64 [n]``: how much of each stranger's forehead is skin (:func:`forehead_scores`)."""
+        return forehead_scores(self)
 
     def nearest(self, points: np.ndarray, k: int, among: np.ndarray | None = None) -> np.ndarray:
         """Indices of the ``k`` strangers whose pose is nearest to the mesh ``points`` (only
@@ -111,11 +100,24 @@ class StrangerBank:
                    fingerprint=str(z["fingerprint"]))
 
 
-def forehead_scores(crops: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """:func:`deid.anonymize.swap_ops.forehead_clear` of each crop and its mesh."""
-    from deid.anonymize.swap_ops import forehead_clear
+def forehead_scores(bank) -> np.ndarray:
+    """``float64 [n]``: :func:`deid.anonymize.swap_ops.forehead_clear` of each of ``bank``'s
+    crops and meshes (a :class:`StrangerBank` or the attribute method's set), computed on first
+    use and kept on the bank."""
+    if getattr(bank, "_forehead", None) is None:
+        from deid.anonymize.swap_ops import forehead_clear
 
-    return np.array([forehead_clear(c, p) for c, p in zip(crops, points)], dtype=np.float64)
+        bank._forehead = np.array([forehead_clear(c, p) for c, p in zip(bank.crops, bank.points)], dtype=np.float64)
+    return bank._forehead
+
+
+def allowed_strangers(bank, min_forehead: float, at_least: int = 1) -> np.ndarray | None:
+    """Indices of ``bank``'s strangers whose forehead scores at least ``min_forehead``; None (all
+    of them) when ``min_forehead`` is 0 or fewer than ``at_least`` strangers qualify."""
+    if min_forehead <= 0:
+        return None
+    ok = np.flatnonzero(forehead_scores(bank) >= min_forehead)
+    return ok if len(ok) >= max(1, at_least) else None
 
 
 def crop_face(image: np.ndarray, mesh_xy: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -217,9 +217,11 @@ class SyntheticSwap(StrangerMethod):
 
     # ------------------------------------------------------------------ one face
     def choose(self, points: np.ndarray, rng: np.random.Generator, key: str | None) -> int:
+        from deid.anonymize.strangers import allowed_strangers
+
         p = self.params
         # with the whole oval replaced, the stranger's forehead goes into the photo: no fringe or cap
-        among = None if p.keep_forehead else self.bank.allowed(p.min_forehead, at_least=p.candidates)
+        among = None if p.keep_forehead else allowed_strangers(self.bank, p.min_forehead, at_least=p.candidates)
         if p.stable == "keyed" and key:
             pool = np.arange(len(self.bank)) if among is None else among
             return int(pool[_key_index(key, len(pool))])

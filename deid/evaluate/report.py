@@ -240,7 +240,7 @@ Originals {'shown' if originals else 'left out of this report'}.</p>""")
     for g in metrics["groups"]:
         u = g["utility"]
         dr = u["detection_rate"]
-        mf = dr.get("method_faces") or {k: {"rate": None, "n": 0} for k in ("configured", "second")}
+        mf = dr["method_faces"]
         parts.append(
             f"<tr><td class='l'>{e(g['label'])}</td><td>{_fmt(dr['configured']['rate'], True)}</td>"
             f"<td>{_fmt(dr['second']['rate'], True)} ({_fmt(dr['second_on_originals']['rate'], True)}, n={dr['second']['n']})</td>"
