@@ -33,6 +33,13 @@ take the generator path (docs/latent.md):
 3. the decoded face is drawn back through the alignment and blended with synthetic-swap's seam
    (:func:`deid.anonymize.swap_ops.blend_region`): the face mesh's region, Lab colour match,
    soft edge inside the region; a face without a valid mesh gets the generator's face oval.
+   DP-Image with a posterior sample: a decoded stranger whose own face covers under
+   ``min_cover`` of the region it goes into (turned, smaller or shifted: its background, hair or
+   collar would show inside the region) or, with the whole oval (``keep_forehead: false``), whose
+   forehead is not bare skin (bangs, a cap: ``forehead_clear`` under ``min_forehead``) is drawn
+   again from the posterior of the same noisy code, at most ``redraws`` times, and the best fit
+   kept. The choice reads the noisy release, fresh randomness and the region's outline (the
+   original's mesh, which the region releases anyway): no new charge, no new noise.
 """
 
 from __future__ import annotations
@@ -112,6 +119,17 @@ class DPImageParams(_LatentParams):
     test_seed: int | None = Field(
         None, description="TEST MODE ONLY: deterministic, non-DP noise; marked in the audit (dp_test_mode)"
     )
+    # Defaults as synthetic-swap's min_forehead (docs/privacy.md: measured on lfw-dev)
+    min_forehead: float = Field(
+        0.75, ge=0.0, le=1.0, description="generator latent only, with post posterior-sample and keep_forehead "
+        "false: a decoded stranger whose forehead band is less than this fraction skin (bangs, a cap over the "
+        "photo's forehead) is drawn again from the same posterior (post-processing: no privacy cost); 0: off")
+    min_cover: float = Field(
+        0.9, ge=0.0, le=1.0, description="generator latent only, with post posterior-sample: a decoded stranger "
+        "whose own face covers less than this fraction of the region it goes into (a turned or smaller face, whose "
+        "background, hair or collar would show inside it) is drawn again from the same posterior; 0: off")
+    redraws: int = Field(3, ge=0, le=20, description="generator latent only: at most this many more posterior "
+                         "draws per face for min_cover and min_forehead (each one decode); the best fit is kept")
 
     @model_validator(mode="after")
     def _delta_fits_mechanism(self) -> "DPImageParams":
@@ -138,6 +156,8 @@ class _LatentMethod:
     dp_scope = "none"
     release = None
     params_model = DeepBlurParams
+    #: this method's own params of the generator path (besides GENERATOR_FIELDS)
+    generator_only: tuple[str, ...] = ()
 
     def __init__(self, params: dict | None = None, model: LatentModel | dict | str | None = None):
         self.params = self.params_model.model_validate(params or {})
@@ -148,7 +168,8 @@ class _LatentMethod:
         p = self.params
         if not self.generator:
             # a manifest hands over every field with its default: refuse the ones set to anything else
-            given = [k for k in GENERATOR_FIELDS if getattr(p, k) != type(p).model_fields[k].default]
+            fields = GENERATOR_FIELDS + self.generator_only
+            given = [k for k in fields if getattr(p, k) != type(p).model_fields[k].default]
             if given:
                 raise ValueError(f"anonymize.params.{given[0]}: applies to a generator latent model only "
                                  f"(latent.backend mobilestylegan); {self.model.name} is a codec: remove "
@@ -238,7 +259,9 @@ class _LatentMethod:
         aligned = [m.align(rgb, f) for f in faces]
         crops = np.stack([c for c, _ in aligned])
         ws_new, facts = self.edit_ws(self.search(crops), rng)
-        decoded = m.decode_ws(ws_new)
+        return self._blend_all(rgb, faces, aligned, m.decode_ws(ws_new), facts)
+
+    def _blend_all(self, rgb, faces, aligned, decoded, facts):
         out = np.array(rgb, copy=True)
         regions = [self.paste(out, rgb, f, crop, mat) for f, crop, (_, mat) in zip(faces, decoded, aligned)]
         facts = [FaceFacts(method=f.method, scope=f.scope, dp=f.dp, test_mode=f.test_mode,
@@ -317,6 +340,7 @@ class DeepBlur(_LatentMethod):
 class DPImage(_LatentMethod):
     name = "dp-image"
     params_model = DPImageParams
+    generator_only = ("min_cover", "min_forehead", "redraws")
 
     def __init__(self, params: dict | None = None, model: LatentModel | dict | str | None = None):
         super().__init__(params, model)
@@ -382,8 +406,10 @@ class DPImage(_LatentMethod):
         z_new, facts = self.edit(space.coordinates(ws), rng)
         return self.model.broadcast(space.w(z_new)), facts
 
-    def edit(self, z: np.ndarray, rng=None):
-        out, facts = [], []
+    def noise(self, z: np.ndarray, rng=None) -> list[tuple[np.ndarray, np.random.Generator | None, FaceFacts]]:
+        """Each code clipped and noised (the DP release), with the generator its posterior
+        draws take and the face's facts."""
+        out = []
         seed = self.params.test_seed
         for zi in z:
             # test mode: the seed mixes in the face's own code, so faces never share noise
@@ -392,9 +418,76 @@ class DPImage(_LatentMethod):
             noised = self.mechanism(zi, test_seed=face_seed)
             # test mode: the posterior sample is seeded too (deterministic end to end, still marked)
             post_rng = rng if face_seed is None else np.random.default_rng(face_seed)
-            out.append(self.posterior(np.asarray(noised.z), post_rng))
-            facts.append(self.facts(test_mode=noised.test_mode, scope=noised.dp_scope))
-        return np.stack(out), facts
+            out.append((np.asarray(noised.z), post_rng, self.facts(test_mode=noised.test_mode, scope=noised.dp_scope)))
+        return out
+
+    def edit(self, z: np.ndarray, rng=None):
+        noisy = self.noise(z, rng)
+        return np.stack([self.posterior(y, r) for y, r, _ in noisy]), [f for _, _, f in noisy]
+
+    # ------------------------------------------------------------------ the generator path
+    @property
+    def redraws_on(self) -> bool:
+        p = self.params
+        return p.post == "posterior-sample" and p.redraws > 0 and (p.min_cover > 0 or (
+            p.min_forehead > 0 and not p.keep_forehead))
+
+    def draw_fit(self, crop: np.ndarray, target: np.ndarray | None) -> tuple[float, float] | None:
+        """How well a decoded crop fits where it goes: ``(cover, forehead)``, ``cover`` the
+        fraction of the face region ``target`` (the original's mesh in the crop's frame; None: no
+        region) inside the decoded face's own region, ``forehead`` its
+        :func:`deid.anonymize.swap_ops.forehead_clear`; both on the decoded face's own mesh at
+        512 px; None when the mesh finds no single face on it."""
+        import cv2
+
+        from deid.anonymize.swap_ops import forehead_clear, region_polygon
+
+        f = min(1.0, 512 / max(crop.shape[:2]))
+        small = cv2.resize(crop, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else crop
+        got = self.mesher().detect(small)
+        if len(got) != 1 or got[0].mesh is None:
+            return None
+        pts = got[0].mesh[:, :2]
+        cover = 1.0
+        if target is not None:
+            kf = self.params.keep_forehead
+            own, want = np.zeros(small.shape[:2], np.uint8), np.zeros(small.shape[:2], np.uint8)
+            cv2.fillPoly(own, [np.round(region_polygon(pts, kf) * 16).astype(np.int32)], 1, shift=4)
+            cv2.fillPoly(want, [np.round(region_polygon(np.asarray(target) * f, kf) * 16).astype(np.int32)], 1, shift=4)
+            cover = float((own & want).sum() / want.sum()) if want.sum() else 1.0
+        return cover, (1.0 if self.params.keep_forehead else forehead_clear(small, pts))
+
+    def _fit_score(self, fit: tuple[float, float] | None) -> float:
+        """1 when a draw meets ``min_cover`` and ``min_forehead``, less by how far it falls short."""
+        if fit is None:
+            return 0.0
+        p = self.params
+        return min(1.0, fit[0] / p.min_cover if p.min_cover > 0 else 1.0,
+                   fit[1] / p.min_forehead if p.min_forehead > 0 else 1.0)
+
+    def _generator_call(self, rgb: np.ndarray, faces: list[Face], rng):
+        from deid.anonymize.swap import mesh_points
+
+        m, space = self.model, self.space
+        aligned = [m.align(rgb, f) for f in faces]
+        crops = np.stack([c for c, _ in aligned])
+        noisy = self.noise(space.coordinates(self.search(crops)), rng)
+        decoded = list(m.decode_ws(m.broadcast(space.w(np.stack([self.posterior(y, r) for y, r, _ in noisy])))))
+        if self.redraws_on:
+            for i, ((y, r, _), face, (_, mat)) in enumerate(zip(noisy, faces, aligned)):
+                # more draws from the posterior of the same release y, chosen by how well they fit
+                # the region (the original's mesh outline, which the region releases anyway)
+                pts = mesh_points(self.mesher(), rgb, face)
+                target = None if pts is None else pts @ np.asarray(mat)[:, :2].T + np.asarray(mat)[:, 2]
+                best = self._fit_score(self.draw_fit(decoded[i], target))
+                tries = 0
+                while best < 1.0 and tries < self.params.redraws:
+                    tries += 1
+                    crop = m.decode_ws(m.broadcast(space.w(self.posterior(y, r)[None])))[0]
+                    score = self._fit_score(self.draw_fit(crop, target))
+                    if score > best:
+                        best, decoded[i] = score, crop
+        return self._blend_all(rgb, faces, aligned, np.stack(decoded), [f for _, _, f in noisy])
 
 
 class _PublicAxes:
