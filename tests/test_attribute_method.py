@@ -166,16 +166,24 @@ def test_pose_attributes_are_refused_and_the_budget_is_checked():
 
 
 def test_the_manifest_runs_on_the_samples_and_charges_every_attribute(method, tmp_path, monkeypatch):
-    """manifests/anonymousnet.yaml on the bundled samples (outputs, audit and ledger in tmp):
+    """manifests/anonymousnet.yaml on bundled samples (the LFW photos and two group photos; all
+    25 samples take ~70 s here, most of it the VOC crowds; outputs, audit and ledger in tmp):
     every face that was anonymized is charged once per attribute (kary_rr, k = 3 and 2), the
     audit lists the attributes' names and epsilons and no attribute value anywhere."""
+    import shutil
+
     from deid.config import manifest_from_dict
     from deid.pipeline import run_job
     from deid.privacy.ledger import Ledger
 
     monkeypatch.setenv("DEID_SUBJECT_KEY", SECRET)
+    samples = tmp_path / "samples"
+    shutil.copytree(REPO / "manifests" / "samples" / "lfw", samples / "lfw")
+    (samples / "group").mkdir()
+    for name in ("kit_with_rose.jpg", "two_people.jpg"):
+        shutil.copy(REPO / "manifests" / "samples" / "group" / name, samples / "group" / name)
     m = yaml.safe_load((REPO / "manifests" / "anonymousnet.yaml").read_text())
-    m["input"]["uri"] = str(REPO / "manifests" / "samples")
+    m["input"]["uri"] = str(samples)
     m["output"] = {"uri": str(tmp_path / "release"), "quarantine_uri": str(tmp_path / "quarantine")}
     m["audit"] = {"uri": str(tmp_path / "audit")}
     m["privacy"] = {**m["privacy"], "ledger": str(tmp_path / "ledger.sqlite"), "subject_key_file": None,
@@ -184,12 +192,12 @@ def test_the_manifest_runs_on_the_samples_and_charges_every_attribute(method, tm
     m["run"] = {"progress": False}
     res = run_job(manifest_from_dict(m), engine="local", progress=False)
     df = pd.read_parquet(res.records_uri).query("run_id == @res.run_id")
-    n_inputs = sum(1 for p in (REPO / "manifests" / "samples").rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    n_inputs = sum(1 for p in samples.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
     assert len(df) == n_inputs
     assert not (df.status == "failed").any(), df[df.status == "failed"].error.tolist()
     assert (df.dp_scope[df.n_faces > 0] == "attributes").all()
     charged = [f for fs in df.faces for f in fs if f["attributes"] is not None]
-    assert len(charged) >= 20
+    assert len(charged) >= 14  # 16 here: the LFW faces and the two group photos' six
     for f in charged:
         assert [a["name"] for a in f["attributes"]] == ["age", "gender"]
         assert [a["epsilon"] for a in f["attributes"]] == [2.0, 2.0]

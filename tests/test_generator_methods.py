@@ -229,7 +229,7 @@ def test_redraws_take_more_posterior_draws_of_one_release_and_keep_the_best_fit(
     dp.draw_fit = lambda crop, target: (fits.append(draw_fit(crop, target)), fits[-1])[1]
     det = make_detector({"backend": "centerface"})
     first, kept = [], []
-    for path in lfw_images()[:8]:
+    for path in lfw_images()[:6]:
         rgb = np.asarray(Image.open(path).convert("RGB"))
         face = max(det.detect(rgb), key=lambda f: f.width * f.height)
         n_noise, n_post, n_fit = len(noised), len(posts), len(fits)
@@ -242,8 +242,8 @@ def test_redraws_take_more_posterior_draws_of_one_release_and_keep_the_best_fit(
         assert len(draws) == 1 + dp.params.redraws or scores[-1] >= 1.0  # stops once a draw fits
         first.append(scores[0])
         kept.append(max(scores))
-    # no face improved over 3 redraws: ~1/4 per face that misfits first (most do: the stranger's
-    # own face covers a median 81% of the original's region, measured on 30 lfw-dev faces)
+    # fails only if no face improved over 3 redraws: ~1/4 per face that misfits first (most do:
+    # the stranger's own face covers a median 81% of the original's region, 30 lfw-dev faces)
     assert np.mean(kept) > np.mean(first), (first, kept)
 
 

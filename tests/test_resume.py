@@ -48,16 +48,16 @@ def _corpus(dst: Path, n: int) -> Path:
     return dst
 
 
-def _manifest(tmp: Path, inp: Path) -> Path:
+def _manifest(tmp: Path, inp: Path, engine: str = "ray") -> Path:
     m = base_manifest(
         inp, tmp,
         anonymize={"method": "dp-image", "params": {"epsilon": 2.0}},
         privacy={"ledger": str(tmp / "ledger.sqlite"), "max_epsilon": 1000.0},
         checks={"enabled": False, "no_face": "keep"},
         audit={"flush_seconds": 0.5},
-        run={"batch_size": 4, "actors": 2, "cpus": 2, "engine": "ray"},
+        run={"batch_size": 4, "actors": 2, "cpus": 2, "engine": engine},
     )
-    path = tmp / "job.yaml"
+    path = tmp / f"job-{engine}.yaml"
     path.write_text(yaml.safe_dump(m))
     return path
 
@@ -95,14 +95,16 @@ def _n_files(root: Path) -> int:
 
 def test_sigkill_at_random_points_then_resume(tmp_path):
     inp = _corpus(tmp_path / "in", N_IMAGES)
-    job = _manifest(tmp_path, inp)
+    # the same job on both engines (a run resumes whichever engine wrote the audit): the kill
+    # mid-run is of a run on Ray (its workers with it); the start-up kill and the run that
+    # completes are in-process, as `engine: auto` runs a small job (a start on Ray costs ~16 s)
+    ray_job, local_job = _manifest(tmp_path, inp, "ray"), _manifest(tmp_path, inp, "local")
     release, quarantine, audit = tmp_path / "release", tmp_path / "quarantine", tmp_path / "audit"
     rng = random.Random(20261123)
     # Kill points: once during start-up (before any output), then after a random number of outputs
-    # (each `deid run` start costs ~16 s, most of this test: two kills and the run that completes)
-    points = [("seconds", rng.uniform(1.0, 4.0)), ("outputs", rng.randint(5, 30))]
+    points = [("seconds", rng.uniform(1.0, 4.0), local_job), ("outputs", rng.randint(5, 30), ray_job)]
     kills = 0
-    for kind, at in points:
+    for kind, at, job in points:
         proc = _deid(job)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -118,7 +120,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
     partial = _n_files(release)
     assert 0 < partial < N_IMAGES
 
-    proc = _deid(job)
+    proc = _deid(local_job)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-2000:]
 
