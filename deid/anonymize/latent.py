@@ -226,14 +226,15 @@ class _LatentMethod:
             self._mesher = FaceMeshDetector()
         return self._mesher
 
-    def paste(self, out: np.ndarray, rgb: np.ndarray, face: Face, crop: np.ndarray, mat: np.ndarray) -> str:
-        """Blend the decoded ``crop`` into ``out`` over ``face`` (synthetic-swap's seam); returns
-        the region used: ``mesh``, or ``oval`` when the face has no valid mesh."""
+    def paste(self, out: np.ndarray, rgb: np.ndarray, face: Face, crop: np.ndarray, mat: np.ndarray,
+              pts: np.ndarray | None) -> str:
+        """Blend the decoded ``crop`` into ``out`` over ``face``, whose mesh is ``pts`` (image
+        pixels; None: no valid mesh) with synthetic-swap's seam; returns the region used:
+        ``mesh``, or ``oval`` when the face has no valid mesh."""
         from deid.anonymize.swap import mesh_points
         from deid.anonymize.swap_ops import blend_region, composite, warp_similarity
 
         p = self.params
-        pts = mesh_points(self.mesher(), rgb, face)
         def decoded_mesh(win, pixels):
             # the decoded face's own mesh, for its skin (blend_region): it sits near, not on, the original's
             x0, y0, x1, y1 = win
@@ -254,16 +255,26 @@ class _LatentMethod:
     def edit_ws(self, ws: np.ndarray, rng) -> tuple[np.ndarray, list[FaceFacts]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def decode_faces(self, ws: np.ndarray, rng, targets: list[np.ndarray | None]) -> tuple[np.ndarray, list[FaceFacts]]:
+        """The decoded crops ``[n, s, s, 3]`` and facts of the searched w+ ``ws``; ``targets``:
+        each face's mesh in the crop's frame (None: no valid mesh), for a method that chooses
+        among draws by how they fit the region (:meth:`DPImage.decode_faces`)."""
+        ws_new, facts = self.edit_ws(ws, rng)
+        return self.model.decode_ws(ws_new), facts
+
     def _generator_call(self, rgb: np.ndarray, faces: list[Face], rng):
+        from deid.anonymize.swap import mesh_points
+
         m = self.model
         aligned = [m.align(rgb, f) for f in faces]
         crops = np.stack([c for c, _ in aligned])
-        ws_new, facts = self.edit_ws(self.search(crops), rng)
-        return self._blend_all(rgb, faces, aligned, m.decode_ws(ws_new), facts)
-
-    def _blend_all(self, rgb, faces, aligned, decoded, facts):
+        meshes = [mesh_points(self.mesher(), rgb, f) for f in faces]  # once: the region, and its fit
+        targets = [None if pts is None else pts @ np.asarray(mat)[:, :2].T + np.asarray(mat)[:, 2]
+                   for pts, (_, mat) in zip(meshes, aligned)]
+        decoded, facts = self.decode_faces(self.search(crops), rng, targets)
         out = np.array(rgb, copy=True)
-        regions = [self.paste(out, rgb, f, crop, mat) for f, crop, (_, mat) in zip(faces, decoded, aligned)]
+        regions = [self.paste(out, rgb, f, crop, mat, pts)
+                   for f, crop, (_, mat), pts in zip(faces, decoded, aligned, meshes)]
         facts = [FaceFacts(method=f.method, scope=f.scope, dp=f.dp, test_mode=f.test_mode,
                            extra={**dict(f.extra), "region": r}) for f, r in zip(facts, regions)]
         return out, facts
@@ -399,13 +410,6 @@ class DPImage(_LatentMethod):
             out[k] = g[np.arange(len(g)), idx]
         return out
 
-    def edit_ws(self, ws: np.ndarray, rng=None):
-        """w+ -> the layers' average w -> its public-axes coordinates -> :meth:`edit` (clip, noise,
-        post-process) -> w -> w+ (the same w on every layer)."""
-        space = self.space
-        z_new, facts = self.edit(space.coordinates(ws), rng)
-        return self.model.broadcast(space.w(z_new)), facts
-
     def noise(self, z: np.ndarray, rng=None) -> list[tuple[np.ndarray, np.random.Generator | None, FaceFacts]]:
         """Each code clipped and noised (the DP release), with the generator its posterior
         draws take and the face's facts."""
@@ -465,29 +469,28 @@ class DPImage(_LatentMethod):
         return min(1.0, fit[0] / p.min_cover if p.min_cover > 0 else 1.0,
                    fit[1] / p.min_forehead if p.min_forehead > 0 else 1.0)
 
-    def _generator_call(self, rgb: np.ndarray, faces: list[Face], rng):
-        from deid.anonymize.swap import mesh_points
-
+    def decode_faces(self, ws: np.ndarray, rng, targets: list[np.ndarray | None]) -> tuple[np.ndarray, list[FaceFacts]]:
+        """w+ -> the layers' average w -> its public-axes coordinates -> :meth:`noise` (clip,
+        noise: the release) -> a posterior draw -> w on every layer -> decoded; with redraws
+        (:attr:`redraws_on`), more draws of the same release while the decoded face does not fit
+        its ``targets`` region (:meth:`draw_fit`), the best kept."""
         m, space = self.model, self.space
-        aligned = [m.align(rgb, f) for f in faces]
-        crops = np.stack([c for c, _ in aligned])
-        noisy = self.noise(space.coordinates(self.search(crops)), rng)
-        decoded = list(m.decode_ws(m.broadcast(space.w(np.stack([self.posterior(y, r) for y, r, _ in noisy])))))
+
+        def decode(codes):
+            return m.decode_ws(m.broadcast(space.w(np.stack(codes))))
+
+        noisy = self.noise(space.coordinates(ws), rng)
+        decoded = decode([self.posterior(y, r) for y, r, _ in noisy])  # the first draws, one batch
         if self.redraws_on:
-            for i, ((y, r, _), face, (_, mat)) in enumerate(zip(noisy, faces, aligned)):
-                # more draws from the posterior of the same release y, chosen by how well they fit
-                # the region (the original's mesh outline, which the region releases anyway)
-                pts = mesh_points(self.mesher(), rgb, face)
-                target = None if pts is None else pts @ np.asarray(mat)[:, :2].T + np.asarray(mat)[:, 2]
-                best = self._fit_score(self.draw_fit(decoded[i], target))
-                tries = 0
+            for i, ((y, r, _), target) in enumerate(zip(noisy, targets)):
+                best, tries = self._fit_score(self.draw_fit(decoded[i], target)), 0
                 while best < 1.0 and tries < self.params.redraws:
                     tries += 1
-                    crop = m.decode_ws(m.broadcast(space.w(self.posterior(y, r)[None])))[0]
-                    score = self._fit_score(self.draw_fit(crop, target))
+                    again = decode([self.posterior(y, r)])[0]
+                    score = self._fit_score(self.draw_fit(again, target))
                     if score > best:
-                        best, decoded[i] = score, crop
-        return self._blend_all(rgb, faces, aligned, np.stack(decoded), [f for _, _, f in noisy])
+                        best, decoded[i] = score, again
+        return decoded, [f for _, _, f in noisy]
 
 
 class _PublicAxes:
