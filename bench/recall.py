@@ -617,6 +617,18 @@ CANDIDATES: dict[str, dict] = {
         "detect": {"backend": "centerface", "small_verify": 0.9, "small_in_views": False, "small_upscale": 2,
                    "small_upscale_min_score": 0.2, "small_upscale_views": True, "small_upscale_verify": 0.995},
         "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "centerface small-views-mesh + face-mesh": {  # A with the turned views' extras, those also checked by the face
+        # mesh's presence score (>= 0.5, MediaPipe's own threshold): no extra CNN pass
+        "detect": {"backend": "centerface", "small_verify": 0.9, "small_in_views": True, "small_mesh": 0.5},
+        "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "centerface small-2x-mesh + face-mesh": {  # that and a 2x upscaled upright view, its extras mesh-checked too
+        "detect": {"backend": "centerface", "small_verify": 0.9, "small_in_views": True, "small_mesh": 0.5,
+                   "small_upscale": 2, "small_upscale_min_score": 0.05},
+        "checks": {"residual_detector": {"backend": "face-mesh"}}},
+    "centerface small-2x-views-mesh + face-mesh": {  # and all five views upscaled 2x, mesh-checked
+        "detect": {"backend": "centerface", "small_verify": 0.9, "small_in_views": True, "small_mesh": 0.5,
+                   "small_upscale": 2, "small_upscale_min_score": 0.05, "small_upscale_views": True},
+        "checks": {"residual_detector": {"backend": "face-mesh"}}},
     "cf rot tilt50 tiles + face-mesh": {
         "detect": {"backend": "ensemble", "members": [UP],
                    "tta": ["rot90", "rot270", "tilt+", "tilt-"], "tilt": 50, "tta_min_score": 0.4,

