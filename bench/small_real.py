@@ -30,13 +30,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def iou(a, b) -> float:
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
@@ -49,17 +42,17 @@ def main() -> None:
     ap.add_argument("--config", action="append", default=[], metavar="NAME=JSON", help="detect params (repeatable)")
     ap.add_argument("--quality", type=int, default=70, help="JPEG quality of the second copy")
     args = ap.parse_args()
-    from test_centerface_backend import _pasted_small_faces  # the tests' fixture, real faces
+    from test_centerface_backend import _pasted_small_faces, pasted_backgrounds  # the tests' fixture, real faces
 
     from deid.faces.registry import make_detector
+    from deid.faces.types import iou
 
     labels = json.loads((REPO / "tests" / "fixtures" / "group_faces.json").read_text())
     configs = [("default", {})] + [(n, json.loads(v)) for n, _, v in (c.partition("=") for c in args.config)]
     dets = [(name, make_detector({"backend": "centerface", **cfg})) for name, cfg in configs]
     photos = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        rels = [r for r in sorted(labels) if min(Image.open(REPO.parent / "shared" / "data" / "group" / r).size) >= 600][:4]
-        for rel, (img, truth) in zip(rels, _pasted_small_faces(seed=seed)):
+        for rel, (img, truth) in zip(pasted_backgrounds(labels), _pasted_small_faces(seed=seed)):
             known = [tuple(f["box"]) for f in labels[rel]]
             photos += [("png", img, truth, known), (f"jpeg{args.quality}", jpeg(img, args.quality), truth, known)]
     print(f"{len(photos) // 2} photos x 2 encodings, {sum(len(t) for _, _, t, _ in photos) // 2} pasted faces each")

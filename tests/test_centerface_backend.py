@@ -311,6 +311,11 @@ def test_run_with_centerface_blur_and_deepblur(photos, tmp_path):
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pasted_backgrounds(labels: dict) -> list[str]:
+    """The group photos :func:`_pasted_small_faces` pastes into (keys of group_faces.json)."""
+    return [r for r in sorted(labels) if min(Image.open(SHARED / "group" / r).size) >= 600][:4]
+
+
 def _pasted_small_faces(seed: int = 0, per_photo: int = 10, max_side: int | None = None):
     """Real LFW faces (lfw-dev, the first photo of each person) shrunk to 16-22 px wide and pasted
     (soft ellipse over the head) into four real group photos of ../shared/data/group, away from
@@ -324,7 +329,7 @@ def _pasted_small_faces(seed: int = 0, per_photo: int = 10, max_side: int | None
     plain = make_detector({"backend": "centerface", "rotations": [], "edge_pad": 0, "small_verify": 0})  # LFW: upright, centred
     rng = np.random.default_rng(seed)
     out, k_face, located = [], 0, {}
-    for rel in [r for r in sorted(labels) if min(Image.open(SHARED / "group" / r).size) >= 600][:4]:
+    for rel in pasted_backgrounds(labels):
         bg = rgb(SHARED / "group" / rel).copy()
         k_bg = min(1.0, max_side / max(bg.shape[:2])) if max_side else 1.0
         if k_bg < 1.0:
@@ -425,8 +430,9 @@ def test_the_turned_views_small_faces_pass_the_mesh_check_and_their_non_faces_do
         turned = np.ascontiguousarray(np.rot90(img))  # (x, y) -> (y, w - x)
         truth = [(t[1], w - t[2], t[3], w - t[0]) for t in truth]
         n += len(truth)
-        found += sum(any(iou(f.box, t) >= 0.3 for f in cf.detect(turned)) for t in truth)
-        found_upright += sum(any(iou(f.box, t) >= 0.3 for f in upright_cascade.detect(turned)) for t in truth)
+        got, got_upright = cf.detect(turned), upright_cascade.detect(turned)
+        found += sum(any(iou(f.box, t) >= 0.3 for f in got) for t in truth)
+        found_upright += sum(any(iou(f.box, t) >= 0.3 for f in got_upright) for t in truth)
     assert n == 40 and found >= 37 and found > found_upright, (found, found_upright)
 
     import json

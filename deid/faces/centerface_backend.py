@@ -379,7 +379,7 @@ class CenterFaceDetector(ViewedDetector):
         if self.small_mesh > 0:
             from deid.faces.facemesh_backend import FaceLandmarker
 
-            self._landmarker = FaceLandmarker(mesh_path, threads)
+            self._landmarker = FaceLandmarker(mesh_path, threads, field="detect.small_mesh")
         self.providers = list(providers) if providers else default_providers()
         opts = session_options() or onnxruntime.SessionOptions()
         opts.log_severity_level = 3  # warnings only from errors up: the file's own quirks are handled above
@@ -410,11 +410,10 @@ def _cut(box, frame, share: float) -> bool:
     return max(fx0 - x0, x1 - fx1) >= share * bw or max(fy0 - y0, y1 - fy1) >= share * bh
 
 
-def _mesh_file(path: str | None) -> str:
-    from deid.faces.blazeface_backend import local_model_file, mediapipe_file
-    from deid.faces.facemesh_backend import MESH_FILE
+def _mesh_model_file(path: str | None) -> str:
+    from deid.faces.facemesh_backend import mesh_model_file
 
-    return local_model_file(path, "face mesh") if path else mediapipe_file(MESH_FILE, "detect.small_mesh")
+    return mesh_model_file(path, "detect.small_mesh")
 
 
 class CenterFaceParams(DetectorParams):
@@ -482,6 +481,6 @@ DETECTORS.register(Plugin(
     needs=Needs(landmarks="arcface5", gpu=True),
     model_files=lambda p: [ModelFile("centerface", resolve_model_path(p.model_path))] + (
         [ModelFile("mtcnn-onet", onet_file(p.onet_dir))] if p.small_verify > 0 else []) + (
-        [ModelFile("face-mesh", _mesh_file(p.mesh_path))] if p.small_verify > 0 and p.small_mesh > 0 else []),
+        [ModelFile("face-mesh", _mesh_model_file(p.mesh_path))] if p.small_verify > 0 and p.small_mesh > 0 else []),
     module=__name__,
 ))

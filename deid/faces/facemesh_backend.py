@@ -88,14 +88,19 @@ def roi_matrix(cx: float, cy: float, side: float, angle: float, size: int = MESH
                      [s * k, c * k, cy - k * size / 2 * (s + c)]], dtype=np.float64)
 
 
+def mesh_model_file(model_path: str | None, field: str = "detect.backend face-mesh") -> str:
+    """face_landmark.tflite: ``model_path`` (local), else the installed mediapipe wheel's (``field``
+    names the setting that needs it, in the error when the wheel is missing)."""
+    return local_model_file(model_path, "face mesh") if model_path else mediapipe_file(MESH_FILE, field)
+
+
 class FaceLandmarker:
     """MediaPipe's face landmark model alone (steps 2-4 of the module docstring): 468 points and a
     face-presence score for a face given by a box and its eyes. Used by :class:`FaceMeshDetector`
     and, as a second check of another model family, by CenterFace's small-face cascade."""
 
-    def __init__(self, model_path: str | None = None, threads: int | None = None):
-        self.mesh_file = (local_model_file(model_path, "face mesh") if model_path
-                          else mediapipe_file(MESH_FILE, "detect.backend face-mesh"))
+    def __init__(self, model_path: str | None = None, threads: int | None = None, field: str = "detect.backend face-mesh"):
+        self.mesh_file = mesh_model_file(model_path, field)
         self._it = load_interpreter(self.mesh_file, threads)
         inp, outs = self._it.get_input_details(), self._it.get_output_details()
         shapes = {tuple(int(v) for v in o["shape"]) for o in outs}
@@ -182,9 +187,7 @@ class FaceMeshParams(BlazeFaceParams):
 
 def _files(p: FaceMeshParams) -> list[ModelFile]:
     det = blazeface_model_file(BlazeFaceParams(model=p.model, model_path=p.detector_path))
-    mesh = local_model_file(p.model_path, "face mesh") if p.model_path else mediapipe_file(
-        MESH_FILE, "detect.backend face-mesh")
-    return [ModelFile(f"blazeface-{p.model}", det), ModelFile("face-mesh", mesh)]
+    return [ModelFile(f"blazeface-{p.model}", det), ModelFile("face-mesh", mesh_model_file(p.model_path))]
 
 
 DETECTORS.register(Plugin(
