@@ -568,6 +568,9 @@ CANDIDATES: dict[str, dict] = {
     "centerface + face-mesh": {"detect": {"backend": "centerface"},
                                "checks": {"residual_detector": {"backend": "face-mesh"}}},
     "centerface": {"detect": {"backend": "centerface"}, "checks": {"residual": "off"}},
+    # the default of 2026-12-03: the turned views' detections that no upright one shares were not mesh-checked
+    "centerface no view-mesh + face-mesh": {"detect": {"backend": "centerface", "view_mesh": 0},
+                                            "checks": {"residual_detector": {"backend": "face-mesh"}}},
     # the default of 2026-12-01 (turned views, no mirrored edges)
     "centerface no edges + face-mesh": {"detect": {"backend": "centerface", "edge_pad": 0},
                                         "checks": {"residual_detector": {"backend": "face-mesh"}}},
