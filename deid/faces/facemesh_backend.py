@@ -88,10 +88,12 @@ def roi_matrix(cx: float, cy: float, side: float, angle: float, size: int = MESH
                      [s * k, c * k, cy - k * size / 2 * (s + c)]], dtype=np.float64)
 
 
-def mesh_model_file(model_path: str | None, field: str = "detect.backend face-mesh") -> str:
+def mesh_model_file(model_path: str | None, field: str = "detect.backend face-mesh",
+                    param: str = "detect.model_path") -> str:
     """face_landmark.tflite: ``model_path`` (local), else the installed mediapipe wheel's (``field``
-    names the setting that needs it, in the error when the wheel is missing)."""
-    return local_model_file(model_path, "face mesh") if model_path else mediapipe_file(MESH_FILE, field)
+    names the setting that needs it and ``param`` the one that gives the file, in the error when
+    the wheel is missing)."""
+    return local_model_file(model_path, "face mesh") if model_path else mediapipe_file(MESH_FILE, field, param)
 
 
 class FaceLandmarker:
@@ -99,8 +101,9 @@ class FaceLandmarker:
     face-presence score for a face given by a box and its eyes. Used by :class:`FaceMeshDetector`
     and, as a second check of another model family, by CenterFace's small-face cascade."""
 
-    def __init__(self, model_path: str | None = None, threads: int | None = None, field: str = "detect.backend face-mesh"):
-        self.mesh_file = mesh_model_file(model_path, field)
+    def __init__(self, model_path: str | None = None, threads: int | None = None, field: str = "detect.backend face-mesh",
+                 param: str = "detect.model_path"):
+        self.mesh_file = mesh_model_file(model_path, field, param)
         self._it = load_interpreter(self.mesh_file, threads)
         inp, outs = self._it.get_input_details(), self._it.get_output_details()
         shapes = {tuple(int(v) for v in o["shape"]) for o in outs}
